@@ -1,0 +1,118 @@
+//! Session tokens and the [`Authenticated`] extractor.
+//!
+//! A token is 32 random bytes, sent as unpadded base64url in `Authorization: Bearer …`. The
+//! relay stores only its SHA-256, so a copy of the database does not yield usable tokens;
+//! lookups go by that hash, so comparing tokens never depends on their secret bytes.
+//! Tokens are never logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dm_wire::{DeviceId, Handle};
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Length of a session token, in bytes (before encoding).
+pub const TOKEN_LEN: usize = 32;
+
+/// A fresh session token: the string handed to the client and the hash to store.
+pub struct NewToken {
+    /// Unpadded base64url of 32 random bytes.
+    pub token: String,
+    /// SHA-256 of the raw token bytes.
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewToken(<redacted>)")
+    }
+}
+
+/// Generates a session token from the OS random number generator.
+pub fn new_token() -> NewToken {
+    let mut raw = [0u8; TOKEN_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    NewToken {
+        token: URL_SAFE_NO_PAD.encode(raw),
+        hash: Sha256::digest(raw).into(),
+    }
+}
+
+/// 32 random bytes for a login challenge.
+pub fn new_challenge() -> [u8; dm_wire::auth::CHALLENGE_LEN] {
+    let mut challenge = [0u8; dm_wire::auth::CHALLENGE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut challenge);
+    challenge
+}
+
+/// The stored hash of a presented token, or `None` if it cannot be one of ours.
+pub fn token_hash(token: &str) -> Option<[u8; 32]> {
+    let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+    if raw.len() != TOKEN_LEN {
+        return None;
+    }
+    Some(Sha256::digest(&raw).into())
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The device that opened the request's session. Extracting it answers
+/// `401 unauthenticated` if the token is missing, unknown or expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its account.
+    pub handle: Handle,
+    /// Its signature key.
+    pub device_key: [u8; 32],
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let hash = bearer_token(parts)
+            .and_then(token_hash)
+            .ok_or_else(ApiError::unauthenticated)?;
+        let device = state
+            .store()
+            .session(hash, state.now_secs())
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        Ok(Self {
+            device_id: device.device_id,
+            handle: device.handle,
+            device_key: device.device_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_to_their_hash() {
+        let t = new_token();
+        assert_eq!(t.token.len(), 43);
+        assert_eq!(token_hash(&t.token), Some(t.hash));
+        assert_ne!(new_token().hash, t.hash);
+        assert_eq!(token_hash("garbage!"), None);
+        assert_eq!(token_hash(&URL_SAFE_NO_PAD.encode([1u8; 31])), None);
+        assert!(!format!("{t:?}").contains(&t.token));
+    }
+}

@@ -1,0 +1,174 @@
+//! The one error type of the HTTP layer: every failure becomes a JSON [`ErrorBody`].
+//!
+//! Errors caused by the client carry a stable [`ErrorCode`] and a short explanation.
+//! Failures of the relay itself (database, bugs) become a bare `internal` 500: their detail
+//! is written to the log, never to the response.
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dm_wire::api::{ErrorBody, ErrorCode, ErrorDetail};
+
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+}
+
+impl ApiError {
+    /// An error with a code and an explanation for people (never secrets or content).
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of the relay: logs `detail` and answers a bare `internal` error.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    /// `400 invalid_request`.
+    pub fn invalid_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// `401 unauthenticated`.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            ErrorCode::Unauthenticated,
+            "missing, invalid or expired session token",
+        )
+    }
+
+    /// `401 auth_failed`.
+    pub fn auth_failed() -> Self {
+        Self::new(
+            ErrorCode::AuthFailed,
+            "the challenge is unknown, expired or used, or the signature is wrong",
+        )
+    }
+
+    /// `404 not_found`.
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such route")
+    }
+
+    /// `405 method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            ErrorCode::MethodNotAllowed,
+            "the method is not allowed on this route",
+        )
+    }
+
+    /// `413 payload_too_large`.
+    pub fn payload_too_large(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::PayloadTooLarge, message)
+    }
+
+    /// `400 invalid_message`.
+    pub fn invalid_message(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidMessage, message)
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The error a relay-generated response of this status stands for (used to turn the
+    /// framework's own plain responses into JSON ones).
+    pub fn for_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::not_found(),
+            StatusCode::METHOD_NOT_ALLOWED => Self::method_not_allowed(),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::payload_too_large("the request body is too large")
+            }
+            StatusCode::UNAUTHORIZED => Self::unauthenticated(),
+            StatusCode::TOO_MANY_REQUESTS => Self::new(ErrorCode::RateLimited, "too many requests"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                Self::new(ErrorCode::Unavailable, "the relay cannot serve now")
+            }
+            s if s.is_client_error() => Self::invalid_request("the request is not valid"),
+            _ => Self::new(ErrorCode::Internal, "internal error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.into_owned(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if self.code == ErrorCode::RateLimited {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::HandleTaken => {
+                Self::new(ErrorCode::HandleTaken, "the handle is registered already")
+            }
+            StoreError::DeviceTaken => {
+                Self::invalid_request("the device id is registered already; choose another")
+            }
+            StoreError::UnknownHandle => {
+                Self::new(ErrorCode::UnknownHandle, "no account has this handle")
+            }
+            StoreError::TooManyKeyPackages { max } => Self::new(
+                ErrorCode::TooManyKeyPackages,
+                format!("a device may store at most {max} one-time key packages"),
+            ),
+            StoreError::NotMember => Self::new(
+                ErrorCode::NotMember,
+                "the sending device is not on the group's delivery list",
+            ),
+            StoreError::EpochConflict { current } => Self::new(
+                ErrorCode::EpochConflict,
+                format!(
+                    "the group is at epoch {current}: fetch your mailbox, process it and retry"
+                ),
+            ),
+            StoreError::FutureEpoch { current } => Self::invalid_message(format!(
+                "the message is for an epoch after the group's current epoch {current}"
+            )),
+            StoreError::UnknownKeyPackageRef => {
+                Self::invalid_message("the welcome names a key package the relay does not know")
+            }
+            StoreError::IdReused => Self::new(
+                ErrorCode::IdReused,
+                "the message id was used before for a different message",
+            ),
+            err @ (StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)) => {
+                Self::internal(err)
+            }
+        }
+    }
+}

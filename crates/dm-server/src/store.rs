@@ -1,0 +1,456 @@
+//! Persistent state of the relay behind one [`Store`] trait.
+//!
+//! The trait speaks in domain operations ("register this account", "accept this message"),
+//! each of which an implementation performs atomically, so that SQLite
+//! ([`sqlite::SqliteStore`]) and a later PostgreSQL implementation can satisfy it unchanged.
+//! The ordering rules of the delivery service live in [`sequence`], shared by every
+//! implementation.
+//!
+//! What is stored: accounts (handle, account key, signed device list), devices (device key,
+//! mailbox counter), login challenges, hashed session tokens, key packages, per-group epoch
+//! and delivery list, per-device mailboxes of opaque MLS messages, and the (device, message
+//! id) pairs that make retries idempotent. Never a private key or a plaintext.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use dm_wire::api::KeyPackageStock;
+use dm_wire::{DeviceId, Handle, MessageId};
+
+/// The future returned by every [`Store`] operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a store operation failed: either a rule of the relay refused it, or the database
+/// failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An account with this handle exists.
+    #[error("handle taken")]
+    HandleTaken,
+    /// A device with this id exists (device ids are unique across the relay).
+    #[error("device id taken")]
+    DeviceTaken,
+    /// No account has this handle.
+    #[error("unknown handle")]
+    UnknownHandle,
+    /// Storing the upload would exceed the per-device limit of one-time key packages.
+    #[error("too many key packages (max {max})")]
+    TooManyKeyPackages {
+        /// The limit.
+        max: u32,
+    },
+    /// The sender is not on the group's delivery list (or the group does not exist and the
+    /// message cannot create it).
+    #[error("not a member")]
+    NotMember,
+    /// A handshake message for an epoch other than the group's current one.
+    #[error("epoch conflict (group at epoch {current})")]
+    EpochConflict {
+        /// The group's epoch.
+        current: u64,
+    },
+    /// An application message for an epoch the group has not reached.
+    #[error("message from a future epoch (group at epoch {current})")]
+    FutureEpoch {
+        /// The group's epoch.
+        current: u64,
+    },
+    /// A Welcome names a key package reference the relay never stored.
+    #[error("unknown key package reference in welcome")]
+    UnknownKeyPackageRef,
+    /// The message id was used before by this device for different bytes.
+    #[error("message id reused")]
+    IdReused,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema migration failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is not what the relay wrote.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(&'static str),
+}
+
+/// An account to create, with its first device.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    /// The handle.
+    pub handle: Handle,
+    /// The account key (Ed25519).
+    pub account_key: [u8; 32],
+    /// The encoded, verified device list.
+    pub device_list: Vec<u8>,
+    /// The device list's sequence number.
+    pub sequence: u64,
+    /// The account's first device.
+    pub device_id: DeviceId,
+    /// That device's signature key (Ed25519).
+    pub device_key: [u8; 32],
+}
+
+/// A stored account.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// The handle.
+    pub handle: Handle,
+    /// The current encoded device list.
+    pub device_list: Vec<u8>,
+}
+
+/// A registered device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The account it belongs to.
+    pub handle: Handle,
+    /// Its signature key (Ed25519), as in its certificate and MLS credentials.
+    pub device_key: [u8; 32],
+}
+
+/// A login challenge issued to a (handle, device) pair.
+#[derive(Clone, Debug)]
+pub struct Challenge {
+    /// The random challenge bytes.
+    pub challenge: Vec<u8>,
+    /// The handle it was issued for.
+    pub handle: Handle,
+    /// The device it was issued for.
+    pub device_id: DeviceId,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+}
+
+/// A validated key package ready to store.
+#[derive(Clone, Debug)]
+pub struct NewKeyPackage {
+    /// Its `KeyPackageRef` (hash reference).
+    pub kp_ref: Vec<u8>,
+    /// The TLS-encoded `MLSMessage`, exactly as uploaded.
+    pub key_package: Vec<u8>,
+    /// Unix seconds after which it must not be handed out.
+    pub not_after: u64,
+}
+
+/// Key packages claimed for an account's devices.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The account's current encoded device list.
+    pub device_list: Vec<u8>,
+    /// One key package per device that had one, in device order.
+    pub key_packages: Vec<(DeviceId, Vec<u8>)>,
+}
+
+/// What an MLS message is, as read from its cleartext header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentKind {
+    /// Application data.
+    Application,
+    /// A proposal.
+    Proposal,
+    /// A commit.
+    Commit,
+}
+
+/// A message to sequence and deliver.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    /// The sending device.
+    pub sender: DeviceId,
+    /// The sender's message id.
+    pub id: MessageId,
+    /// SHA-256 of `message`, to recognise retries.
+    pub message_hash: [u8; 32],
+    /// The MLS group id from the header.
+    pub group_id: Vec<u8>,
+    /// The epoch from the header.
+    pub epoch: u64,
+    /// The content type from the header.
+    pub kind: ContentKind,
+    /// The TLS-encoded `MLSMessage`.
+    pub message: Vec<u8>,
+    /// With a commit: the Welcome and the key package references it is encrypted to.
+    pub welcome: Option<OutgoingWelcome>,
+    /// With a commit: devices to take off the delivery list.
+    pub removed_devices: Vec<DeviceId>,
+}
+
+/// A Welcome to route to the devices whose key packages it names.
+#[derive(Clone, Debug)]
+pub struct OutgoingWelcome {
+    /// The TLS-encoded Welcome `MLSMessage`.
+    pub message: Vec<u8>,
+    /// The `KeyPackageRef`s of its `secrets` (deduplicated).
+    pub kp_refs: Vec<Vec<u8>>,
+}
+
+/// The relay's answer to an accepted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The group's epoch after the message.
+    pub epoch: u64,
+    /// Whether this was a retry of an accepted message.
+    pub duplicate: bool,
+}
+
+/// One envelope read from a mailbox.
+#[derive(Clone, Debug)]
+pub struct StoredEnvelope {
+    /// Position in the mailbox.
+    pub seq: u64,
+    /// The MLS message.
+    pub payload: Vec<u8>,
+    /// When it was stored (unix milliseconds).
+    pub received_at: u64,
+}
+
+/// How many rows a sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Expired challenges.
+    pub challenges: u64,
+    /// Expired sessions.
+    pub sessions: u64,
+    /// Expired or long-claimed key packages.
+    pub key_packages: u64,
+    /// Envelopes older than the retention limit.
+    pub envelopes: u64,
+    /// Idempotency records older than their retention.
+    pub sent_messages: u64,
+}
+
+/// How long the relay keeps things, in seconds.
+pub mod retention {
+    /// A claimed one-time key package (or a replaced last-resort one) stays this long, so a
+    /// Welcome encrypted to it can still be routed by its reference.
+    pub const CLAIMED_KEY_PACKAGE_SECS: u64 = 30 * 24 * 3600;
+    /// An unacknowledged envelope is deleted after this long.
+    pub const ENVELOPE_SECS: u64 = 30 * 24 * 3600;
+    /// A (device, message id) record that makes retries idempotent is kept this long.
+    pub const SENT_MESSAGE_SECS: u64 = 7 * 24 * 3600;
+}
+
+/// The relay's persistent state. Every operation is atomic.
+///
+/// Times are passed in (unix seconds unless stated), so callers decide what "now" is.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account and its first device. Fails with [`StoreError::HandleTaken`] or
+    /// [`StoreError::DeviceTaken`].
+    fn create_account(&self, account: NewAccount, now: u64) -> StoreFuture<'_, ()>;
+
+    /// The account with this handle.
+    fn account<'a>(&'a self, handle: &'a Handle) -> StoreFuture<'a, Option<Account>>;
+
+    /// A registered device.
+    fn device<'a>(&'a self, device_id: &'a DeviceId) -> StoreFuture<'a, Option<Device>>;
+
+    /// Stores a login challenge.
+    fn put_challenge(&self, challenge: Challenge) -> StoreFuture<'_, ()>;
+
+    /// Deletes and returns a challenge (whether or not it has expired): each is usable once.
+    fn take_challenge<'a>(&'a self, challenge: &'a [u8]) -> StoreFuture<'a, Option<Challenge>>;
+
+    /// Stores a session: the SHA-256 of its token, the device and the expiry.
+    fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        device_id: DeviceId,
+        expires_at: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// The device of an unexpired session.
+    fn session(&self, token_hash: [u8; 32], now: u64) -> StoreFuture<'_, Option<Device>>;
+
+    /// Stores validated key packages of a device (duplicates of stored ones are ignored) and
+    /// replaces its last-resort key package if one is given. Nothing is stored if the
+    /// one-time packages would exceed [`dm_wire::api::limits::MAX_KEY_PACKAGES_PER_DEVICE`].
+    fn add_key_packages(
+        &self,
+        device_id: DeviceId,
+        one_time: Vec<NewKeyPackage>,
+        last_resort: Option<NewKeyPackage>,
+        now: u64,
+    ) -> StoreFuture<'_, KeyPackageStock>;
+
+    /// The device's stock of unclaimed, unexpired key packages.
+    fn key_package_stock(&self, device_id: DeviceId, now: u64) -> StoreFuture<'_, KeyPackageStock>;
+
+    /// Claims one key package for every current device of an account: the oldest unclaimed
+    /// unexpired one-time package, else the last-resort one (which stays). Fails with
+    /// [`StoreError::UnknownHandle`].
+    fn claim_key_packages<'a>(
+        &'a self,
+        handle: &'a Handle,
+        claimed_by: DeviceId,
+        now: u64,
+    ) -> StoreFuture<'a, Claim>;
+
+    /// Sequences a message in its group and delivers it (and its Welcome) to mailboxes,
+    /// following [`sequence`], all in one transaction. `now_ms` is unix milliseconds.
+    fn send(&self, message: OutgoingMessage, now_ms: u64) -> StoreFuture<'_, SendOutcome>;
+
+    /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit`, and
+    /// whether more wait.
+    fn fetch(
+        &self,
+        device_id: DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> StoreFuture<'_, (Vec<StoredEnvelope>, bool)>;
+
+    /// Deletes a device's envelopes with `seq <= up_to`.
+    fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
+
+    /// Deletes expired challenges, sessions and key packages, old claimed key packages,
+    /// envelopes and idempotency records past their [`retention`].
+    fn sweep(&self, now: u64) -> StoreFuture<'_, SweepStats>;
+}
+
+/// What accepting a message does to its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequenced {
+    /// The group does not exist yet and this commit creates it.
+    pub creates_group: bool,
+    /// The group's epoch after the message.
+    pub new_epoch: u64,
+}
+
+/// The delivery service's ordering rule (RFC 9750): given the group's current epoch (if it
+/// exists) and whether the sender is on its delivery list, decides whether a message of
+/// `kind` for `epoch` is accepted and what the group's epoch becomes.
+///
+/// - An unknown group can only be created by a commit for epoch 0.
+/// - A commit is accepted only for the current epoch and advances it by one: exactly one
+///   commit per epoch.
+/// - A proposal must be for the current epoch.
+/// - An application message may be for the current or an earlier epoch.
+pub fn sequence(
+    current: Option<u64>,
+    sender_is_member: bool,
+    kind: ContentKind,
+    epoch: u64,
+) -> Result<Sequenced, StoreError> {
+    let Some(current) = current else {
+        return if kind == ContentKind::Commit && epoch == 0 {
+            Ok(Sequenced {
+                creates_group: true,
+                new_epoch: 1,
+            })
+        } else {
+            Err(StoreError::NotMember)
+        };
+    };
+    if !sender_is_member {
+        return Err(StoreError::NotMember);
+    }
+    match kind {
+        ContentKind::Commit if epoch == current => {
+            let new_epoch = current
+                .checked_add(1)
+                .ok_or(StoreError::EpochConflict { current })?;
+            Ok(Sequenced {
+                creates_group: false,
+                new_epoch,
+            })
+        }
+        ContentKind::Proposal if epoch == current => Ok(Sequenced {
+            creates_group: false,
+            new_epoch: current,
+        }),
+        ContentKind::Commit | ContentKind::Proposal => Err(StoreError::EpochConflict { current }),
+        ContentKind::Application if epoch <= current => Ok(Sequenced {
+            creates_group: false,
+            new_epoch: current,
+        }),
+        ContentKind::Application => Err(StoreError::FutureEpoch { current }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(r: Result<Sequenced, StoreError>) -> Sequenced {
+        r.expect("accepted")
+    }
+
+    #[test]
+    fn only_an_epoch_zero_commit_creates_a_group() {
+        assert_eq!(
+            ok(sequence(None, false, ContentKind::Commit, 0)),
+            Sequenced {
+                creates_group: true,
+                new_epoch: 1
+            }
+        );
+        for (kind, epoch) in [
+            (ContentKind::Commit, 1),
+            (ContentKind::Proposal, 0),
+            (ContentKind::Application, 0),
+        ] {
+            assert!(matches!(
+                sequence(None, true, kind, epoch),
+                Err(StoreError::NotMember)
+            ));
+        }
+    }
+
+    #[test]
+    fn one_commit_per_epoch() {
+        assert_eq!(
+            ok(sequence(Some(3), true, ContentKind::Commit, 3)).new_epoch,
+            4
+        );
+        for epoch in [2, 4] {
+            assert!(matches!(
+                sequence(Some(3), true, ContentKind::Commit, epoch),
+                Err(StoreError::EpochConflict { current: 3 })
+            ));
+        }
+        assert!(matches!(
+            sequence(Some(u64::MAX), true, ContentKind::Commit, u64::MAX),
+            Err(StoreError::EpochConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn proposals_and_application_messages() {
+        assert_eq!(
+            ok(sequence(Some(3), true, ContentKind::Proposal, 3)).new_epoch,
+            3
+        );
+        assert!(matches!(
+            sequence(Some(3), true, ContentKind::Proposal, 2),
+            Err(StoreError::EpochConflict { current: 3 })
+        ));
+        assert_eq!(
+            ok(sequence(Some(3), true, ContentKind::Application, 1)).new_epoch,
+            3
+        );
+        assert_eq!(
+            ok(sequence(Some(3), true, ContentKind::Application, 3)).new_epoch,
+            3
+        );
+        assert!(matches!(
+            sequence(Some(3), true, ContentKind::Application, 4),
+            Err(StoreError::FutureEpoch { current: 3 })
+        ));
+    }
+
+    #[test]
+    fn non_members_are_refused_everything() {
+        for kind in [
+            ContentKind::Commit,
+            ContentKind::Proposal,
+            ContentKind::Application,
+        ] {
+            assert!(matches!(
+                sequence(Some(3), false, kind, 3),
+                Err(StoreError::NotMember)
+            ));
+        }
+    }
+}
