@@ -1,1 +1,420 @@
-//! End-to-end tests live in `tests/`.
+//! Harness for the end-to-end tests: runs the real `dm-server` and `dm` binaries on
+//! 127.0.0.1, each user in a home directory of its own, optionally through a recording TCP
+//! proxy that keeps every byte exchanged with the relay.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test binary
+//! (`target/<profile>/`).
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Passphrase every test user's store is created with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Path of a binary built by cargo for this workspace (`dm` or `dm-server`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace binaries first (`cargo test --workspace` does, \
+         or run `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A running relay (`dm-server`) on an OS-chosen loopback port, with its log captured.
+pub struct Relay {
+    child: Option<Child>,
+    /// Directory holding the database and the log.
+    pub dir: PathBuf,
+    /// `host:port` the relay listens on (kept across restarts).
+    pub addr: String,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts a relay storing its SQLite database in `dir`.
+    pub fn start(dir: &Path) -> Relay {
+        Self::spawn(dir, "127.0.0.1:0")
+    }
+
+    fn spawn(dir: &Path, listen: &str) -> Relay {
+        std::fs::create_dir_all(dir).expect("create relay directory");
+        let db = dir.join("relay.db");
+        let log_path = dir.join("relay.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("create relay log");
+        let mut child = Command::new(binary("dm-server"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", db.display()))
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start dm-server");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut log_copy = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .expect("open relay log");
+        // Forward the rest of stdout to the log so nothing the relay prints escapes the scan.
+        let reader = std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            for line in lines.by_ref().map_while(Result::ok) {
+                let _ = writeln!(log_copy, "{line}");
+                if !sent && let Some(rest) = line.strip_prefix("dm-server listening on http://") {
+                    let _ = tx.send(rest.trim().to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("dm-server did not report its address within 30 s; log:\n{log}")
+            });
+        Relay {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            addr,
+            log_reader: Some(reader),
+        }
+    }
+
+    /// Base URL of the relay.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the relay (SIGKILL: nothing is flushed on the way out).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Starts the relay again on the same address and database.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "relay still running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may be in TIME_WAIT for a moment.
+            if TcpListener::bind(&self.addr).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let again = Self::spawn(&self.dir.clone(), &self.addr.clone());
+        assert_eq!(again.addr, self.addr);
+        *self = again;
+    }
+
+    /// Kills and restarts the relay on the same address and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Whether the relay's log contains `text`.
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(self.dir.join("relay.log"))
+            .map(|log| log.contains(text))
+            .unwrap_or(false)
+    }
+
+    /// Paths of the relay's database files (main file, WAL, shared memory) and its log.
+    pub fn files(&self) -> Vec<PathBuf> {
+        files_under(&self.dir)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every regular file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A `dm` user: one home directory (one device).
+pub struct User {
+    /// The handle, without `@`.
+    pub handle: String,
+    /// The home directory (`--home`).
+    pub home: PathBuf,
+}
+
+impl User {
+    /// A user whose home is `base/handle` (not yet initialised).
+    pub fn new(base: &Path, handle: &str) -> User {
+        User {
+            handle: handle.to_owned(),
+            home: base.join(handle),
+        }
+    }
+
+    /// Runs `dm --home HOME args…` with the test passphrase.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_passphrase(args, PASSPHRASE)
+    }
+
+    /// Runs `dm` with a given passphrase.
+    pub fn run_with_passphrase(&self, args: &[&str], passphrase: &str) -> Output {
+        Command::new(binary("dm"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("DM_PASSPHRASE", passphrase)
+            .env_remove("DM_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dm")
+    }
+
+    /// Runs `dm` and asserts that it succeeded; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`dm {}` for {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            args.join(" "),
+            self.handle,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `dm init` against a relay URL.
+    pub fn init(&self, url: &str) -> String {
+        self.ok(&["init", "--server", url, "--handle", &self.handle])
+    }
+
+    /// `dm inbox --json`, parsed: every line is one JSON object.
+    pub fn inbox(&self) -> Vec<serde_json::Value> {
+        self.ok(&["inbox", "--json"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Only the `"type": "message"` objects of `dm inbox --json`.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        self.inbox()
+            .into_iter()
+            .filter(|e| e["type"] == "message")
+            .collect()
+    }
+}
+
+/// A TCP proxy on loopback that forwards to a target and records every byte in both
+/// directions.
+pub struct RecordingProxy {
+    /// `host:port` clients connect to.
+    pub addr: String,
+    captured: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    /// Starts forwarding from a new loopback port to `target` (`host:port`).
+    pub fn start(target: String) -> RecordingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let cap = captured.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(upstream) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                pipe(
+                    client.try_clone().ok(),
+                    upstream.try_clone().ok(),
+                    cap.clone(),
+                );
+                pipe(Some(upstream), Some(client), cap.clone());
+            }
+        });
+        RecordingProxy { addr, captured }
+    }
+
+    /// Base URL to give clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything forwarded so far, both directions concatenated per chunk.
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured.lock().expect("capture lock").clone()
+    }
+}
+
+fn pipe(from: Option<TcpStream>, to: Option<TcpStream>, cap: Arc<Mutex<Vec<u8>>>) {
+    let (Some(mut from), Some(mut to)) = (from, to) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    cap.lock()
+                        .expect("capture lock")
+                        .extend_from_slice(&buf[..n]);
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The byte patterns under which a secret could appear: raw, hex, and base64 at each of
+/// the three alignments (so a base64-encoded leak inside JSON is found too).
+pub fn leak_patterns(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64_lite::encode;
+    let mut out = vec![secret.to_vec(), hex_lower(secret).into_bytes()];
+    for skip in 0..3 {
+        let mut padded = vec![0u8; skip];
+        padded.extend_from_slice(secret);
+        let enc = encode(&padded);
+        // Drop the characters influenced by the padding prefix and by the tail.
+        let start = (skip * 4).div_ceil(3) + 1;
+        let end = enc.len().saturating_sub(4);
+        if end > start + 8 {
+            out.push(enc.as_bytes()[start..end].to_vec());
+        }
+    }
+    out
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Scans files for every pattern of a secret; returns the hits as `file: pattern`.
+pub fn scan_files(files: &[PathBuf], secret: &[u8]) -> Vec<String> {
+    let patterns = leak_patterns(secret);
+    let mut hits = Vec::new();
+    for f in files {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
+        for p in &patterns {
+            if contains(&bytes, p) {
+                hits.push(format!("{}: {}", f.display(), String::from_utf8_lossy(p)));
+            }
+        }
+    }
+    hits
+}
+
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Standard base64 with padding.
+    pub fn encode(input: &[u8]) -> String {
+        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leak_patterns_find_base64_embedded_secrets() {
+        let secret = b"canary-0123456789-abcdef";
+        for prefix in [&b""[..], b"x", b"xy", b"xyz"] {
+            let mut data = prefix.to_vec();
+            data.extend_from_slice(secret);
+            data.extend_from_slice(b"tail");
+            let encoded = base64_lite::encode(&data);
+            assert!(
+                leak_patterns(secret)
+                    .iter()
+                    .any(|p| contains(encoded.as_bytes(), p)),
+                "missed base64 leak with prefix {prefix:?}"
+            );
+        }
+        assert!(
+            !leak_patterns(secret)
+                .iter()
+                .any(|p| contains(b"unrelated bytes here", p))
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64_lite::encode(b""), "");
+        assert_eq!(base64_lite::encode(b"f"), "Zg==");
+        assert_eq!(base64_lite::encode(b"foob"), "Zm9vYg==");
+        assert_eq!(base64_lite::encode(b"foobar"), "Zm9vYmFy");
+    }
+}

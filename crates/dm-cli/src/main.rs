@@ -1,1 +1,36 @@
-fn main() {}
+//! `dm`: end-to-end encrypted direct messages from a terminal.
+//!
+//! A thin layer over the `dm-client` library: parse arguments, unlock the local store,
+//! call the library, print. Errors say what went wrong and what to do next.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod output;
+mod passphrase;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", output::render_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `dm inbox [--json]`: fetch, decrypt and print new messages.
+
+use dm_client::Client;
+
+use crate::output;
+
+pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
+    let events = client.sync().await?;
+    let mut shown = 0usize;
+    for event in &events {
+        if json {
+            println!("{}", output::event_json(event));
+        } else if let Some(line) = output::event_text(event) {
+            println!("{line}");
+        }
+        if matches!(event, dm_client::Event::Message(_)) {
+            shown += 1;
+        }
+    }
+    if !json && shown == 0 {
+        println!("No new messages.");
+    }
+    Ok(())
+}

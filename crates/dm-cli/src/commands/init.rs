@@ -1,0 +1,71 @@
+//! `dm init`: create the account and this device, register at the relay.
+
+use std::path::Path;
+
+use dm_client::{Client, CreateOptions};
+
+use crate::passphrase;
+
+pub async fn run(home: &Path, server: &str, handle: &str) -> anyhow::Result<()> {
+    let handle = super::parse_handle(handle)?;
+    let server = normalise_server(server)?;
+    if Client::account_exists(home) {
+        return Err(dm_client::Error::AccountExists.into());
+    }
+    let passphrase = passphrase::new()?;
+    let (client, recovery) = Client::create(CreateOptions {
+        home: home.to_path_buf(),
+        server,
+        handle,
+        passphrase,
+    })
+    .await?;
+    let me = client.whoami().await?;
+    println!("Created {} on {}", me.handle, me.server);
+    println!("device:      {}", me.device_id);
+    println!("fingerprint: {}", me.fingerprint);
+    println!();
+    println!("Recovery code (shown once; write it down and keep it offline):");
+    println!();
+    println!("    {recovery}");
+    println!();
+    println!("Anyone with this code can take over your account. It is the only way back");
+    println!("into your account if you lose every device: there is no phone number or e-mail.");
+    Ok(())
+}
+
+/// Accepts `host:port` or a full `http(s)://` URL; returns a URL without a trailing `/`.
+fn normalise_server(input: &str) -> anyhow::Result<String> {
+    let trimmed = input.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        anyhow::bail!("--server is empty: give the relay's URL, e.g. http://127.0.0.1:7878");
+    }
+    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+        Ok(trimmed.to_owned())
+    } else if trimmed.contains("://") {
+        anyhow::bail!(
+            "'{input}' is not an http:// or https:// URL: give the relay's URL, e.g. http://127.0.0.1:7878"
+        )
+    } else {
+        Ok(format!("http://{trimmed}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_server;
+
+    #[test]
+    fn server_urls_are_normalised() {
+        assert_eq!(
+            normalise_server("127.0.0.1:7878").unwrap(),
+            "http://127.0.0.1:7878"
+        );
+        assert_eq!(
+            normalise_server("https://relay.example/").unwrap(),
+            "https://relay.example"
+        );
+        assert!(normalise_server("ftp://x").is_err());
+        assert!(normalise_server(" ").is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! One function per subcommand.
+
+mod chat;
+mod inbox;
+mod init;
+mod send;
+mod whoami;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use dm_client::{Client, Handle};
+
+use crate::cli::{Cli, Command};
+use crate::passphrase;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = match cli.home {
+        Some(home) => home,
+        None => default_home()?,
+    };
+    match cli.command {
+        Command::Init { server, handle } => init::run(&home, &server, &handle).await,
+        Command::Send { handle, text } => send::run(&open(&home).await?, &handle, &text).await,
+        Command::Inbox { json } => inbox::run(&open(&home).await?, json).await,
+        Command::Chat { handle } => chat::run(&open(&home).await?, &handle).await,
+        Command::Whoami => whoami::run(&open(&home).await?).await,
+        Command::RotateKeys { handle } => {
+            let client = open(&home).await?;
+            let peer = parse_handle(&handle)?;
+            client.rotate_keys(&peer).await?;
+            println!("Rotated this device's keys in the conversation with {peer}.");
+            Ok(())
+        }
+    }
+}
+
+/// The OS data directory's `dm` folder.
+fn default_home() -> anyhow::Result<PathBuf> {
+    let base = dirs::data_dir()
+        .context("cannot find the OS data directory: pass --home DIR or set DM_HOME")?;
+    Ok(base.join("dm"))
+}
+
+/// Unlocks the account stored in `home`.
+async fn open(home: &Path) -> anyhow::Result<Client> {
+    if !Client::account_exists(home) {
+        return Err(dm_client::Error::NoAccount.into());
+    }
+    let passphrase = passphrase::existing()?;
+    Ok(Client::open(home, &passphrase).await?)
+}
+
+/// Parses a handle typed by a person (`@Bob` or `bob`).
+pub(crate) fn parse_handle(input: &str) -> anyhow::Result<Handle> {
+    Handle::parse(input).map_err(|e| {
+        anyhow::anyhow!(
+            "'{input}' is not a valid handle ({e}): handles have 3-32 characters from a-z, 0-9 and _, starting with a letter"
+        )
+    })
+}

@@ -1,0 +1,162 @@
+//! How results and errors are shown to people and to scripts.
+
+use dm_client::{ErrorCode, Event};
+use serde_json::json;
+
+/// Text for one event, or `None` for events not worth a line.
+pub fn event_text(event: &Event) -> Option<String> {
+    match event {
+        Event::Message(m) => Some(format!("[{}] {}: {}", utc(m.sent_at), m.from, m.text)),
+        Event::ConversationStarted { with, .. } => Some(format!(
+            "New conversation with {}.",
+            with.iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Event::MembersChanged { added, removed, .. } => {
+            let mut parts = Vec::new();
+            if !added.is_empty() {
+                parts.push(format!("{} joined", list(added)));
+            }
+            if !removed.is_empty() {
+                parts.push(format!("{} left", list(removed)));
+            }
+            (!parts.is_empty()).then(|| format!("* {}.", parts.join("; ")))
+        }
+        Event::Undecryptable {
+            received_at,
+            reason,
+            ..
+        } => Some(format!(
+            "! A message received at {} could not be decrypted ({reason}).",
+            utc(*received_at)
+        )),
+    }
+}
+
+/// One JSON object (one line) for an event.
+pub fn event_json(event: &Event) -> serde_json::Value {
+    match event {
+        Event::Message(m) => json!({
+            "type": "message",
+            "id": m.id.to_hex(),
+            "conversation": m.conversation.to_hex(),
+            "from": m.from.as_str(),
+            "from_device": m.from_device.to_hex(),
+            "text": m.text,
+            "sent_at": m.sent_at,
+            "received_at": m.received_at,
+        }),
+        Event::ConversationStarted { conversation, with } => json!({
+            "type": "conversation_started",
+            "conversation": conversation.to_hex(),
+            "with": with.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        }),
+        Event::MembersChanged {
+            conversation,
+            added,
+            removed,
+        } => json!({
+            "type": "members_changed",
+            "conversation": conversation.to_hex(),
+            "added": added.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            "removed": removed.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        }),
+        Event::Undecryptable {
+            conversation,
+            seq,
+            received_at,
+            reason,
+        } => json!({
+            "type": "undecryptable",
+            "conversation": conversation.as_ref().map(|c| c.to_hex()),
+            "seq": seq,
+            "received_at": received_at,
+            "reason": reason,
+        }),
+    }
+}
+
+fn list(handles: &[dm_client::Handle]) -> String {
+    handles
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The error as printed on stderr: what happened, then what to do.
+pub fn render_error(error: &anyhow::Error) -> String {
+    let Some(e) = error.downcast_ref::<dm_client::Error>() else {
+        return format!("error: {error:#}");
+    };
+    let hint = match e {
+        dm_client::Error::NoAccount => {
+            "Create one with `dm init --server URL --handle NAME`, or point --home / DM_HOME at an existing one."
+        }
+        dm_client::Error::AccountExists => {
+            "Use it as it is, or choose another directory with --home to create a second account."
+        }
+        dm_client::Error::WrongPassphrase => {
+            "Nothing was changed. Try again with the right passphrase (DM_PASSPHRASE or the prompt)."
+        }
+        dm_client::Error::UnknownHandle(_) => "Check the spelling of the handle.",
+        dm_client::Error::HandleTaken(_) => "Choose another handle.",
+        dm_client::Error::RelayUnreachable { .. } => {
+            "Is the relay running and the URL right? Anything not yet sent is kept and goes out with the next command."
+        }
+        dm_client::Error::Relay { code, .. } => match code {
+            ErrorCode::RateLimited => "Wait a little and try again.",
+            ErrorCode::Unauthenticated | ErrorCode::AuthFailed => {
+                "This device could not log in: was it revoked, or is this the right relay?"
+            }
+            _ => "",
+        },
+        _ => "",
+    };
+    if hint.is_empty() {
+        format!("error: {e}")
+    } else {
+        format!("error: {e}\n{hint}")
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for unix milliseconds.
+pub fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_251_661_000), "2026-11-21 09:01:01");
+    }
+}

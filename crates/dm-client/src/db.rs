@@ -1,0 +1,625 @@
+//! Rows of the client's own tables (see [`crate::schema`]). Every function takes the
+//! connection (usually a transaction's) and does one small thing.
+
+use dm_wire::cert::{AccountKey, DeviceCertificate, DeviceList};
+use dm_wire::{DeviceId, GroupId, Handle, MessageId};
+use e2ee_core::Directory;
+use e2ee_core::directory::verify_device_list;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::Error;
+use crate::events::{Event, StoredMessage};
+use crate::store::store_error;
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn handle(s: String) -> Result<Handle> {
+    Handle::from_canonical(&s).map_err(|e| Error::Store(format!("bad handle in store: {e}")))
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Store(format!("corrupt {what} in store"))
+}
+
+// ---- account ------------------------------------------------------------------------------
+
+/// This device's account, as stored.
+pub(crate) struct AccountRow {
+    /// The device's certificate.
+    pub certificate: DeviceCertificate,
+    /// Our current device list.
+    pub device_list: DeviceList,
+}
+
+pub(crate) fn insert_account(
+    conn: &Connection,
+    secret: &[u8; 32],
+    certificate: &DeviceCertificate,
+    device_list: &DeviceList,
+    now_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO account (id, handle, account_secret, device_certificate, device_list, created_at) \
+         VALUES (1, ?, ?, ?, ?, ?)",
+        params![
+            certificate.handle.as_str(),
+            secret.as_slice(),
+            certificate.encode(),
+            device_list.encode(),
+            now_ms as i64
+        ],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT device_certificate, device_list FROM account WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(store_error)?;
+    let Some((cert, list)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(AccountRow {
+        certificate: DeviceCertificate::decode(&cert).map_err(|_| corrupt("certificate"))?,
+        device_list: DeviceList::decode(&list).map_err(|_| corrupt("device list"))?,
+    }))
+}
+
+// ---- relay --------------------------------------------------------------------------------
+
+/// Our state at the relay.
+pub(crate) struct RelayRow {
+    pub url: String,
+    pub session_token: Option<String>,
+    pub cursor: u64,
+    pub acked: u64,
+}
+
+pub(crate) fn insert_relay(conn: &Connection, url: &str) -> Result<()> {
+    conn.execute("INSERT INTO relay (id, url) VALUES (1, ?)", [url])
+        .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn relay(conn: &Connection) -> Result<RelayRow> {
+    conn.query_row(
+        "SELECT url, session_token, mailbox_cursor, acked_cursor FROM relay WHERE id = 1",
+        [],
+        |r| {
+            Ok(RelayRow {
+                url: r.get(0)?,
+                session_token: r.get(1)?,
+                cursor: r.get::<_, i64>(2)? as u64,
+                acked: r.get::<_, i64>(3)? as u64,
+            })
+        },
+    )
+    .map_err(store_error)
+}
+
+pub(crate) fn set_session(conn: &Connection, token: Option<&str>, expires_at: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE relay SET session_token = ?, session_expires_at = ? WHERE id = 1",
+        params![token, expires_at as i64],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn set_cursor(conn: &Connection, seq: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE relay SET mailbox_cursor = max(mailbox_cursor, ?) WHERE id = 1",
+        [seq as i64],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn set_acked(conn: &Connection, seq: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE relay SET acked_cursor = max(acked_cursor, ?) WHERE id = 1",
+        [seq as i64],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// How long the hash of a processed envelope is kept (the relay's retention is 30 days).
+const SEEN_ENVELOPE_RETENTION_MS: u64 = 31 * 24 * 3600 * 1000;
+
+/// Whether an envelope with this payload was processed or rejected before.
+pub(crate) fn envelope_seen(conn: &Connection, payload_hash: &[u8; 32]) -> Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM seen_envelopes WHERE payload_hash = ?",
+        [&payload_hash[..]],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|row| row.is_some())
+    .map_err(store_error)
+}
+
+/// Remembers an envelope's payload hash, forgetting those past the retention period.
+pub(crate) fn mark_envelope_seen(
+    conn: &Connection,
+    payload_hash: &[u8; 32],
+    now_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO seen_envelopes (payload_hash, seen_at) VALUES (?, ?)",
+        params![&payload_hash[..], now_ms as i64],
+    )
+    .map_err(store_error)?;
+    conn.execute(
+        "DELETE FROM seen_envelopes WHERE seen_at < ?",
+        [now_ms.saturating_sub(SEEN_ENVELOPE_RETENTION_MS) as i64],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+// ---- contacts -----------------------------------------------------------------------------
+
+/// Verifies a device list received from the relay for `handle` and stores it: pins the
+/// account key on first contact, refuses a different key later
+/// ([`Error::IdentityKeyChanged`]), and keeps the stored list if the received one is older.
+/// Returns the list now current.
+pub(crate) fn pin_device_list(
+    conn: &Connection,
+    handle: &Handle,
+    encoded: &[u8],
+    now_ms: u64,
+) -> Result<DeviceList> {
+    let existing: Option<(Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT account_key, device_list FROM contacts WHERE handle = ?",
+            [handle.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(store_error)?;
+    let pinned = existing
+        .as_ref()
+        .map(|(key, _)| {
+            <[u8; 32]>::try_from(key.as_slice())
+                .map(AccountKey)
+                .map_err(|_| corrupt("pinned key"))
+        })
+        .transpose()?;
+    let list = verify_device_list(encoded, handle, pinned.as_ref())?;
+    if let Some((_, stored)) = &existing {
+        let stored = DeviceList::decode(stored).map_err(|_| corrupt("device list"))?;
+        if stored.sequence > list.sequence {
+            return Ok(stored);
+        }
+        conn.execute(
+            "UPDATE contacts SET device_list = ?, device_list_sequence = ?, updated_at = ? \
+             WHERE handle = ?",
+            params![
+                encoded,
+                list.sequence as i64,
+                now_ms as i64,
+                handle.as_str()
+            ],
+        )
+        .map_err(store_error)?;
+    } else {
+        conn.execute(
+            "INSERT INTO contacts (handle, account_key, device_list, device_list_sequence, \
+             pinned_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            params![
+                handle.as_str(),
+                list.account_key.0.as_slice(),
+                encoded,
+                list.sequence as i64,
+                now_ms as i64,
+                now_ms as i64
+            ],
+        )
+        .map_err(store_error)?;
+    }
+    Ok(list)
+}
+
+/// The authentication service's view: our own device list and the contacts' lists.
+pub(crate) struct StoreDirectory<'c> {
+    pub conn: &'c Connection,
+    pub own: &'c DeviceList,
+}
+
+impl Directory for StoreDirectory<'_> {
+    fn device_list(
+        &self,
+        handle: &Handle,
+    ) -> std::result::Result<Option<DeviceList>, e2ee_core::Error> {
+        if handle == &self.own.handle {
+            return Ok(Some(self.own.clone()));
+        }
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT device_list FROM contacts WHERE handle = ?",
+                [handle.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(e2ee_core::Error::storage)?;
+        bytes
+            .map(|b| DeviceList::decode(&b).map_err(e2ee_core::Error::storage))
+            .transpose()
+    }
+}
+
+// ---- conversations ------------------------------------------------------------------------
+
+/// Lifecycle of a conversation row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConversationState {
+    /// We created it; the creating commit is not yet accepted.
+    Pending,
+    /// Usable.
+    Active,
+    /// We were removed.
+    Left,
+}
+
+impl ConversationState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConversationState::Pending => "pending",
+            ConversationState::Active => "active",
+            ConversationState::Left => "left",
+        }
+    }
+}
+
+pub(crate) fn insert_conversation(
+    conn: &Connection,
+    group: &GroupId,
+    peer: Option<&Handle>,
+    state: ConversationState,
+    now_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO conversations (group_id, peer_handle, state, created_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (group_id) DO UPDATE SET state = excluded.state",
+        params![
+            group.as_bytes(),
+            peer.map(Handle::as_str),
+            state.as_str(),
+            now_ms as i64
+        ],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn set_conversation_state(
+    conn: &Connection,
+    group: &GroupId,
+    state: ConversationState,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET state = ? WHERE group_id = ?",
+        params![state.as_str(), group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn delete_conversation(conn: &Connection, group: &GroupId) -> Result<()> {
+    conn.execute(
+        "DELETE FROM conversations WHERE group_id = ?",
+        [group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// The active 1:1 conversation with `peer` with the smallest group id (two may exist when
+/// both sides started one at the same time).
+pub(crate) fn conversation_with(conn: &Connection, peer: &Handle) -> Result<Option<GroupId>> {
+    let id: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT group_id FROM conversations WHERE peer_handle = ? AND state = 'active' \
+             ORDER BY group_id LIMIT 1",
+            [peer.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_error)?;
+    Ok(id.map(GroupId))
+}
+
+pub(crate) fn members(conn: &Connection, group: &GroupId) -> Result<Vec<Handle>> {
+    let mut stmt = conn
+        .prepare("SELECT handle FROM conversation_members WHERE group_id = ? ORDER BY handle")
+        .map_err(store_error)?;
+    let rows = stmt
+        .query_map([group.as_bytes()], |r| r.get::<_, String>(0))
+        .map_err(store_error)?;
+    rows.map(|r| handle(r.map_err(store_error)?)).collect()
+}
+
+pub(crate) fn set_members(conn: &Connection, group: &GroupId, handles: &[Handle]) -> Result<()> {
+    conn.execute(
+        "DELETE FROM conversation_members WHERE group_id = ?",
+        [group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    for h in handles {
+        conn.execute(
+            "INSERT OR IGNORE INTO conversation_members (group_id, handle) VALUES (?, ?)",
+            params![group.as_bytes(), h.as_str()],
+        )
+        .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+// ---- messages -----------------------------------------------------------------------------
+
+/// A message to store.
+pub(crate) struct NewMessage<'a> {
+    pub id: MessageId,
+    pub group: &'a GroupId,
+    pub sender: &'a Handle,
+    pub sender_device: DeviceId,
+    pub sent_at: u64,
+    pub received_at: Option<u64>,
+    pub body: &'a str,
+    pub outgoing: bool,
+}
+
+/// Stores a message; returns false if a message with this id is already stored.
+pub(crate) fn insert_message(conn: &Connection, m: &NewMessage<'_>) -> Result<bool> {
+    let n = conn
+        .execute(
+            "INSERT OR IGNORE INTO messages (message_id, group_id, sender_handle, sender_device, \
+             sent_at, received_at, body, outgoing) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            params![
+                m.id.as_bytes().as_slice(),
+                m.group.as_bytes(),
+                m.sender.as_str(),
+                m.sender_device.as_bytes().as_slice(),
+                m.sent_at as i64,
+                m.received_at.map(|t| t as i64),
+                m.body,
+                m.outgoing
+            ],
+        )
+        .map_err(store_error)?;
+    Ok(n == 1)
+}
+
+/// The last `limit` messages exchanged with `peer` (in all 1:1 conversations with them),
+/// oldest first.
+pub(crate) fn history(
+    conn: &Connection,
+    peer: &Handle,
+    limit: usize,
+) -> Result<Vec<StoredMessage>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.message_id, m.group_id, m.sender_handle, m.sender_device, m.body, m.sent_at, \
+                    m.received_at, m.outgoing, \
+                    EXISTS (SELECT 1 FROM outbox o WHERE o.content_message_id = m.message_id) \
+             FROM messages m JOIN conversations c ON c.group_id = m.group_id \
+             WHERE c.peer_handle = ? ORDER BY m.id DESC LIMIT ?",
+        )
+        .map_err(store_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(params![peer.as_str(), limit], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, bool>(7)?,
+                r.get::<_, bool>(8)?,
+            ))
+        })
+        .map_err(store_error)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, group, from, device, text, sent_at, received_at, outgoing, pending) =
+            row.map_err(store_error)?;
+        out.push(StoredMessage {
+            id: MessageId::from_slice(&id).map_err(|_| corrupt("message id"))?,
+            conversation: GroupId(group),
+            from: handle(from)?,
+            from_device: DeviceId::from_slice(&device).map_err(|_| corrupt("device id"))?,
+            text,
+            sent_at: sent_at as u64,
+            received_at: received_at.map(|t| t as u64),
+            outgoing,
+            pending,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+// ---- outbox -------------------------------------------------------------------------------
+
+/// What kind of MLS message an outbox entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutboxKind {
+    Application,
+    Commit,
+}
+
+/// Which operation produced an outbox entry (what to redo after a commit conflict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// An application message.
+    Message,
+    /// The commit adding the peer to a conversation we just created.
+    Create,
+    /// A commit adding the peer's devices to an existing conversation.
+    Invite,
+    /// A self-update commit.
+    SelfUpdate,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Message => "message",
+            Purpose::Create => "create",
+            Purpose::Invite => "invite",
+            Purpose::SelfUpdate => "self_update",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "message" => Purpose::Message,
+            "create" => Purpose::Create,
+            "invite" => Purpose::Invite,
+            "self_update" => Purpose::SelfUpdate,
+            _ => return Err(corrupt("outbox purpose")),
+        })
+    }
+}
+
+/// One pending send.
+#[derive(Clone, Debug)]
+pub(crate) struct OutboxEntry {
+    pub id: i64,
+    pub request_id: MessageId,
+    pub group: GroupId,
+    pub kind: OutboxKind,
+    pub purpose: Purpose,
+    pub peer: Option<Handle>,
+    pub message: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// A new outbox entry.
+pub(crate) struct NewOutbox<'a> {
+    pub request_id: MessageId,
+    pub group: &'a GroupId,
+    pub purpose: Purpose,
+    pub peer: Option<&'a Handle>,
+    pub content_message_id: Option<MessageId>,
+    pub message: &'a [u8],
+    pub welcome: Option<&'a [u8]>,
+}
+
+pub(crate) fn outbox_push(conn: &Connection, e: &NewOutbox<'_>, now_ms: u64) -> Result<()> {
+    let kind = if e.purpose == Purpose::Message {
+        "application"
+    } else {
+        "commit"
+    };
+    conn.execute(
+        "INSERT INTO outbox (request_id, group_id, kind, purpose, peer_handle, content_message_id, \
+         message, welcome, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            e.request_id.as_bytes().as_slice(),
+            e.group.as_bytes(),
+            kind,
+            e.purpose.as_str(),
+            e.peer.map(Handle::as_str),
+            e.content_message_id.map(|m| m.0.to_vec()),
+            e.message,
+            e.welcome,
+            now_ms as i64
+        ],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// The oldest pending send.
+pub(crate) fn outbox_first(conn: &Connection) -> Result<Option<OutboxEntry>> {
+    let row = conn
+        .query_row(
+            "SELECT id, request_id, group_id, kind, purpose, peer_handle, message, welcome \
+             FROM outbox ORDER BY id LIMIT 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Vec<u8>>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(store_error)?;
+    let Some((id, request_id, group, kind, purpose, peer, message, welcome)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(OutboxEntry {
+        id,
+        request_id: MessageId::from_slice(&request_id).map_err(|_| corrupt("outbox id"))?,
+        group: GroupId(group),
+        kind: match kind.as_str() {
+            "application" => OutboxKind::Application,
+            "commit" => OutboxKind::Commit,
+            _ => return Err(corrupt("outbox kind")),
+        },
+        purpose: Purpose::parse(&purpose)?,
+        peer: peer.map(handle).transpose()?,
+        message,
+        welcome,
+    }))
+}
+
+pub(crate) fn outbox_delete(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute("DELETE FROM outbox WHERE id = ?", [id])
+        .map_err(store_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn outbox_len(conn: &Connection) -> Result<usize> {
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .map_err(store_error)?;
+    Ok(n as usize)
+}
+
+// ---- event queue --------------------------------------------------------------------------
+
+pub(crate) fn queue_event(conn: &Connection, event: &Event) -> Result<()> {
+    let json = serde_json::to_string(event).map_err(|e| Error::Internal(e.to_string()))?;
+    conn.execute("INSERT INTO event_queue (event) VALUES (?)", [json])
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Removes and returns every queued event, oldest first.
+pub(crate) fn drain_events(conn: &Connection) -> Result<Vec<Event>> {
+    let mut stmt = conn
+        .prepare("SELECT event FROM event_queue ORDER BY id")
+        .map_err(store_error)?;
+    let events = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(store_error)?
+        .map(|r| {
+            let json = r.map_err(store_error)?;
+            serde_json::from_str(&json).map_err(|_| corrupt("queued event"))
+        })
+        .collect::<Result<Vec<Event>>>()?;
+    conn.execute("DELETE FROM event_queue", [])
+        .map_err(store_error)?;
+    Ok(events)
+}

@@ -1,0 +1,278 @@
+//! End-to-end: the real `dm-server` and `dm` binaries on 127.0.0.1.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use dm_tests::{RecordingProxy, Relay, User, files_under, scan_files};
+use serde_json::Value;
+
+fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["from"] == from)
+        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
+        .collect()
+}
+
+/// Alice and Bob (no phone numbers, no e-mail: a handle and keys) exchange DMs both ways;
+/// the relay is killed and restarted in the middle; each side sees each message once.
+#[test]
+fn dm_both_ways_survives_relay_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    let out = alice.init(&relay.url());
+    assert!(out.contains("@alice"), "{out}");
+    bob.init(&relay.url());
+
+    alice.ok(&["send", "@bob", "hello bob"]);
+    relay.restart();
+    alice.ok(&["send", "bob", "second, after a relay restart"]);
+
+    let inbox = bob.inbox();
+    let msgs: Vec<&Value> = inbox.iter().filter(|e| e["type"] == "message").collect();
+    assert_eq!(msgs.len(), 2, "bob's inbox: {inbox:?}");
+    for m in &msgs {
+        for field in ["from", "text", "id", "sent_at", "conversation"] {
+            assert!(!m[field].is_null(), "message lacks {field}: {m}");
+        }
+    }
+    assert_eq!(
+        texts_from(&bob.messages(), "alice").len(),
+        0,
+        "a second inbox shows nothing new"
+    );
+    let texts: Vec<&str> = msgs.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["hello bob", "second, after a relay restart"]);
+    assert_eq!(msgs[0]["conversation"], msgs[1]["conversation"]);
+
+    bob.ok(&["send", "alice", "hi alice"]);
+    relay.restart();
+    let got = alice.messages();
+    assert_eq!(texts_from(&got, "bob"), ["hi alice"]);
+    assert_eq!(got[0]["conversation"], msgs[0]["conversation"]);
+    assert!(alice.messages().is_empty());
+    assert!(bob.messages().is_empty());
+}
+
+/// The relay never sees plaintext: a unique canary sent through it appears in none of its
+/// database files (WAL included), its log, or the HTTP bytes; the client's files hold
+/// neither the canary nor anything readable without the passphrase.
+#[test]
+fn relay_is_blind_and_client_store_is_encrypted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"));
+    let proxy = RecordingProxy::start(relay.addr.clone());
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&proxy.url());
+    bob.init(&proxy.url());
+
+    let canary = format!("canary-{:032x}", rand::random::<u128>());
+    alice.ok(&["send", "bob", &canary]);
+    let got = bob.messages();
+    assert_eq!(texts_from(&got, "alice"), [canary.as_str()]);
+    bob.ok(&["send", "alice", &format!("re: {canary}")]);
+    assert_eq!(alice.messages().len(), 1);
+
+    let captured = proxy.captured();
+    assert!(
+        captured.len() > 10_000,
+        "the proxy saw the traffic ({} bytes)",
+        captured.len()
+    );
+    assert!(
+        dm_tests::contains(&captured, b"POST /v1/messages"),
+        "messages went through the proxy"
+    );
+    let leaks: Vec<_> = dm_tests::leak_patterns(canary.as_bytes())
+        .into_iter()
+        .filter(|p| dm_tests::contains(&captured, p))
+        .collect();
+    assert!(leaks.is_empty(), "canary in HTTP traffic");
+
+    let relay_files = relay.files();
+    assert!(
+        relay_files
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with("-wal")),
+        "the relay's WAL file exists to be scanned: {relay_files:?}"
+    );
+    assert!(relay_files.iter().any(|f| f.ends_with("relay.log")));
+    assert_eq!(
+        scan_files(&relay_files, canary.as_bytes()),
+        Vec::<String>::new()
+    );
+
+    let client_files = [files_under(&alice.home), files_under(&bob.home)].concat();
+    assert!(client_files.len() >= 2, "{client_files:?}");
+    assert_eq!(
+        scan_files(&client_files, canary.as_bytes()),
+        Vec::<String>::new()
+    );
+    // Without the passphrase the store is unreadable as SQLite: no table names in clear.
+    for f in &client_files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !dm_tests::contains(&bytes, b"CREATE TABLE"),
+            "{} holds plaintext SQL schema",
+            f.display()
+        );
+    }
+}
+
+/// A wrong passphrase is a clear error and changes nothing; the right one still works.
+#[test]
+fn wrong_passphrase_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    alice.init(&relay.url());
+    let snapshot = |u: &User| {
+        let mut files: Vec<_> = files_under(&u.home)
+            .into_iter()
+            .map(|f| (f.clone(), std::fs::read(&f).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&alice);
+    let out = alice.run_with_passphrase(&["whoami"], "not the passphrase");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(snapshot(&alice), before, "the store changed");
+    let me = alice.ok(&["whoami"]);
+    assert!(me.contains("@alice"), "{me}");
+
+    // Other user errors say what to do.
+    let out = alice.run(&["send", "nobody_here", "hi"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("@nobody_here"), "{stderr}");
+    let carol = User::new(tmp.path(), "carol");
+    let out = carol.run(&["init", "--server", &relay.url(), "--handle", "alice"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken"));
+    let out = carol.run(&["inbox"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dm init"));
+}
+
+/// Two commits for one epoch: the relay accepts the first, answers 409 to the second; the
+/// losing client clears its pending commit, processes the winner, redoes its own, and its
+/// next message still arrives.
+#[test]
+fn losing_a_commit_race_recovers_and_delivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&relay.url());
+    bob.init(&relay.url());
+    alice.ok(&["send", "bob", "hello"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["hello"]);
+
+    // Bob stages a commit while the relay is down: it stays in his outbox.
+    relay.kill();
+    let out = bob.run(&["rotate-keys", "alice"]);
+    assert!(
+        !out.status.success(),
+        "rotate-keys cannot reach a stopped relay"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reach"), "{stderr}");
+    relay.start_again();
+
+    // Alice's commit for the same epoch wins.
+    alice.ok(&["rotate-keys", "bob"]);
+    // Bob's queued commit now loses (409); he recovers and sends.
+    bob.ok(&["send", "alice", "after the race"]);
+    assert_eq!(texts_from(&alice.messages(), "bob"), ["after the race"]);
+    alice.ok(&["send", "bob", "and back"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["and back"]);
+    assert!(
+        relay.log_contains("409"),
+        "the relay answered the losing commit with 409"
+    );
+}
+
+/// A hostile or broken relay delivers a truncated copy, random garbage and an exact
+/// duplicate of a real envelope: bob gets one error event per bad envelope, the duplicate is
+/// recognised and ignored, nothing is lost, and alice's next message still decrypts.
+#[test]
+fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&relay.url());
+    bob.init(&relay.url());
+    alice.ok(&["send", "bob", "one"]);
+
+    // Play the hostile relay: write straight into bob's mailbox while the relay is down.
+    relay.kill();
+    {
+        let db = rusqlite::Connection::open(relay.dir.join("relay.db")).unwrap();
+        let bob_device: Vec<u8> = db
+            .query_row(
+                "SELECT device_id FROM devices WHERE handle = 'bob'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let last: Vec<u8> = db
+            .query_row(
+                "SELECT payload FROM mailbox WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1",
+                [&bob_device],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // Fresh timestamps: the relay's retention sweep deletes old envelopes.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let garbage: Vec<u8> = (0..300).map(|_| rand::random::<u8>()).collect();
+        for payload in [last[..last.len() / 2].to_vec(), garbage, last.clone()] {
+            let seq: i64 = db
+                .query_row(
+                    "UPDATE devices SET mailbox_seq = mailbox_seq + 1 WHERE device_id = ?1 \
+                     RETURNING mailbox_seq",
+                    [&bob_device],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            db.execute(
+                "INSERT INTO mailbox (device_id, seq, payload, received_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![bob_device, seq, payload, now_ms],
+            )
+            .unwrap();
+        }
+    }
+    relay.start_again();
+
+    let events = bob.inbox();
+    let messages: Vec<_> = events.iter().filter(|e| e["type"] == "message").collect();
+    let errors: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "undecryptable")
+        .collect();
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["one"],
+        "{events:?}"
+    );
+    assert_eq!(errors.len(), 2, "one error per bad envelope: {events:?}");
+    for e in &errors {
+        assert!(e["reason"].as_str().is_some_and(|r| !r.is_empty()), "{e}");
+    }
+
+    alice.ok(&["send", "bob", "two"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["two"]);
+    bob.ok(&["send", "alice", "still here"]);
+    assert_eq!(texts_from(&alice.messages(), "bob"), ["still here"]);
+}
