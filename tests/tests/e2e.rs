@@ -109,6 +109,27 @@ fn relay_is_blind_and_client_store_is_encrypted() {
         scan_files(&client_files, canary.as_bytes()),
         Vec::<String>::new()
     );
+    // The secrets themselves, read through the documented store format with the passphrase:
+    // none of them appears in any client file, nor anywhere on the relay's side.
+    for user in [&alice, &bob] {
+        let secrets = store_secrets(&user.home);
+        assert!(secrets.len() >= 2, "account secret and device key found");
+        for secret in &secrets {
+            assert_eq!(scan_files(&client_files, secret), Vec::<String>::new());
+            assert_eq!(scan_files(&relay_files, secret), Vec::<String>::new());
+            assert!(!dm_tests::contains(&captured, secret));
+        }
+        // The messages are in the decrypted store: the scans above look at real data.
+        let db = open_store(&user.home);
+        let n: i64 = db
+            .query_row(
+                "SELECT count(*) FROM messages WHERE body LIKE ?1",
+                [format!("%{canary}%")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 2, "{} stores both messages", user.handle);
+    }
     // Without the passphrase the store is unreadable as SQLite: no table names in clear.
     for f in &client_files {
         let bytes = std::fs::read(f).unwrap();
@@ -117,6 +138,74 @@ fn relay_is_blind_and_client_store_is_encrypted() {
             "{} holds plaintext SQL schema",
             f.display()
         );
+    }
+}
+
+/// Opens a client store the way PROTOCOL.md describes it: Argon2id over the passphrase
+/// with the parameters of `store.json`, used as a raw SQLCipher key.
+fn open_store(home: &std::path::Path) -> rusqlite::Connection {
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(home.join("store.json")).unwrap()).unwrap();
+    let kdf = &meta["kdf"];
+    assert_eq!(kdf["algorithm"], "argon2id");
+    let salt = hex::decode(kdf["salt"].as_str().unwrap()).unwrap();
+    let params = argon2::Params::new(
+        kdf["memory_kib"].as_u64().unwrap() as u32,
+        kdf["iterations"].as_u64().unwrap() as u32,
+        kdf["parallelism"].as_u64().unwrap() as u32,
+        Some(32),
+    )
+    .unwrap();
+    let mut key = [0u8; 32];
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(dm_tests::PASSPHRASE.as_bytes(), &salt, &mut key)
+        .unwrap();
+    let db = rusqlite::Connection::open(home.join("store.db")).unwrap();
+    db.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))
+        .unwrap();
+    db
+}
+
+/// The account secret and every MLS signature private key in a client's store.
+fn store_secrets(home: &std::path::Path) -> Vec<Vec<u8>> {
+    let db = open_store(home);
+    let mut secrets = vec![
+        db.query_row("SELECT account_secret FROM account", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .unwrap(),
+    ];
+    let mut stmt = db
+        .prepare("SELECT signature_key FROM openmls_signature_keys")
+        .unwrap();
+    for json in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap() {
+        let value: Value = serde_json::from_slice(&json.unwrap()).unwrap();
+        let private = find_bytes(&value, "private").expect("a private key in the key pair");
+        assert_eq!(private.len(), 32, "an Ed25519 private key");
+        secrets.push(private);
+    }
+    secrets
+}
+
+/// The byte array (a JSON array of numbers, possibly nested in an object) under `field`.
+fn find_bytes(value: &Value, field: &str) -> Option<Vec<u8>> {
+    match value {
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k == field {
+                as_bytes(v)
+            } else {
+                find_bytes(v, field)
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn as_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Array(items) => items.iter().map(|i| i.as_u64().map(|b| b as u8)).collect(),
+        Value::Object(map) => map.values().find_map(as_bytes),
+        _ => None,
     }
 }
 

@@ -35,7 +35,12 @@ fn help_lists_every_command() {
 #[test]
 fn commands_without_an_account_say_how_to_create_one() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for args in [&["inbox"][..], &["whoami"], &["send", "bob", "hi"], &["chat", "bob"]] {
+    for args in [
+        &["inbox"][..],
+        &["whoami"],
+        &["send", "bob", "hi"],
+        &["chat", "bob"],
+    ] {
         let out = dm(tmp.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
@@ -43,7 +48,10 @@ fn commands_without_an_account_say_how_to_create_one() {
         assert!(err.contains("dm init"), "{args:?}: {err}");
     }
     assert!(
-        std::fs::read_dir(tmp.path()).expect("home").next().is_none(),
+        std::fs::read_dir(tmp.path())
+            .expect("home")
+            .next()
+            .is_none(),
         "a failed command created files"
     );
 }
@@ -51,17 +59,30 @@ fn commands_without_an_account_say_how_to_create_one() {
 #[test]
 fn bad_arguments_are_explained() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = dm(tmp.path(), &["init", "--server", "ftp://relay", "--handle", "alice"]);
+    let out = dm(
+        tmp.path(),
+        &["init", "--server", "ftp://relay", "--handle", "alice"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("http://"), "{}", stderr(&out));
 
-    let out = dm(tmp.path(), &["init", "--server", "127.0.0.1:9", "--handle", "a!"]);
+    let out = dm(
+        tmp.path(),
+        &["init", "--server", "127.0.0.1:9", "--handle", "a!"],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not a valid handle"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a valid handle"),
+        "{}",
+        stderr(&out)
+    );
 
     // An unreachable relay: a clear error, and no half-created account left behind.
     let home = tmp.path().join("unreachable");
-    let out = dm(&home, &["init", "--server", "127.0.0.1:9", "--handle", "alice"]);
+    let out = dm(
+        &home,
+        &["init", "--server", "127.0.0.1:9", "--handle", "alice"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("reach"), "{}", stderr(&out));
     let out = dm(&home, &["whoami"]);
