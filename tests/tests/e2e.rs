@@ -365,3 +365,67 @@ fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
     bob.ok(&["send", "alice", "still here"]);
     assert_eq!(texts_from(&alice.messages(), "bob"), ["still here"]);
 }
+
+/// `dm chat`: lines typed are sent, and the peer's messages appear while the chat runs.
+#[test]
+fn chat_sends_typed_lines_and_shows_incoming_messages() {
+    use std::io::{BufRead as _, Write as _};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&relay.url());
+    bob.init(&relay.url());
+
+    let mut chat = Command::new(dm_tests::binary("dm"))
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["chat", "@bob"])
+        .env("DM_PASSPHRASE", dm_tests::PASSPHRASE)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let stdout = chat.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    writeln!(stdin, "typed in the chat").unwrap();
+    stdin.flush().unwrap();
+
+    // Bob receives the typed line (the chat sends it while it keeps running).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = texts_from(&bob.messages(), "alice");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(got, ["typed in the chat"]);
+
+    // Bob answers; the running chat shows it without any command from alice.
+    bob.ok(&["send", "alice", "answer while chatting"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = line.contains("@bob: answer while chatting");
+        }
+    }
+    writeln!(stdin, "/quit").unwrap();
+    drop(stdin);
+    let status = chat.wait().unwrap();
+    assert!(seen, "the chat showed bob's answer");
+    assert!(status.success());
+    // The chat consumed the message: it is stored, not shown again by `dm inbox`.
+    assert!(alice.messages().is_empty());
+}
