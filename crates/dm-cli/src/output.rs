@@ -6,7 +6,12 @@ use serde_json::json;
 /// Text for one event, or `None` for events not worth a line.
 pub fn event_text(event: &Event) -> Option<String> {
     match event {
-        Event::Message(m) => Some(format!("[{}] {}: {}", utc(m.sent_at), m.from, m.text)),
+        Event::Message(m) => Some(format!(
+            "[{}] {}: {}",
+            utc(m.sent_at),
+            m.from,
+            printable(&m.text)
+        )),
         Event::ConversationStarted { with, .. } => Some(format!(
             "New conversation with {}.",
             with.iter()
@@ -29,8 +34,9 @@ pub fn event_text(event: &Event) -> Option<String> {
             reason,
             ..
         } => Some(format!(
-            "! A message received at {} could not be decrypted ({reason}).",
-            utc(*received_at)
+            "! A message received at {} could not be decrypted ({}).",
+            utc(*received_at),
+            printable(reason)
         )),
     }
 }
@@ -115,11 +121,29 @@ pub fn render_error(error: &anyhow::Error) -> String {
         },
         _ => "",
     };
+    // The message may quote the relay: never let it drive the terminal.
+    let message = printable(&e.to_string());
     if hint.is_empty() {
-        format!("error: {e}")
+        format!("error: {message}")
     } else {
-        format!("error: {e}\n{hint}")
+        format!("error: {message}\n{hint}")
     }
+}
+
+/// Text from a peer or the relay, made safe for a terminal: control characters (newlines,
+/// escape sequences) and bidirectional-override characters are shown escaped (`\n`,
+/// `\u{1b}`), so a message can neither fake another line nor restyle the screen.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for unix milliseconds.
@@ -151,7 +175,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{printable, utc};
+
+    #[test]
+    fn peer_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("hi\n[fake] @bob: x"), "hi\\n[fake] @bob: x");
+        assert_eq!(printable("\u{1b}[2Jgone"), "\\u{1b}[2Jgone");
+        assert_eq!(printable("abc\u{202e}cba"), "abc\\u{202e}cba");
+        assert_eq!(printable("héllo 👋 ok"), "héllo 👋 ok");
+    }
 
     #[test]
     fn formats_utc_times() {

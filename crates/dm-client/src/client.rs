@@ -69,8 +69,17 @@ pub(crate) struct Inner {
     pub(crate) transport: Transport,
     /// Cached session token and its expiry (unix seconds).
     session: tokio::sync::Mutex<Option<(String, u64)>>,
-    /// Serialises the public operations.
+    /// Serialises the public operations within this process.
     pub(crate) op: tokio::sync::Mutex<()>,
+    /// Locked (advisory, whole file) during each operation: serialises processes.
+    lock_path: PathBuf,
+}
+
+/// Held while a public operation runs: the in-process lock and the cross-process file lock
+/// (released when the file is closed).
+pub(crate) struct OperationGuard<'a> {
+    _op: tokio::sync::MutexGuard<'a, ()>,
+    _file: std::fs::File,
 }
 
 impl Client {
@@ -169,8 +178,10 @@ impl Client {
         own_list: DeviceList,
         transport: Transport,
     ) -> Self {
+        let lock_path = store.home().join(crate::store::LOCK_FILE);
         Client {
             inner: Arc::new(Inner {
+                lock_path,
                 me: device.handle().clone(),
                 device,
                 own_list,
@@ -211,7 +222,7 @@ impl Client {
                 "the text is longer than {MAX_TEXT_BYTES} bytes"
             )));
         }
-        let _op = self.inner.op.lock().await;
+        let _op = self.operation().await?;
         self.flush_outbox().await?;
         let to_owned = to.clone();
         let group = match self
@@ -233,7 +244,7 @@ impl Client {
     /// Sends the outbox, fetches and processes every waiting envelope, acknowledges them,
     /// and tops up key packages. Returns the events since the last call.
     pub async fn sync(&self) -> Result<Vec<Event>, Error> {
-        let _op = self.inner.op.lock().await;
+        let _op = self.operation().await?;
         self.flush_outbox().await?;
         self.sync_mailbox().await?;
         self.blocking(|store, _| store.transaction(|conn, _| db::drain_events(conn)))
@@ -243,7 +254,7 @@ impl Client {
     /// Renews this device's keys in the conversation with `peer` (a self-update commit:
     /// post-compromise security).
     pub async fn rotate_keys(&self, peer: &Handle) -> Result<(), Error> {
-        let _op = self.inner.op.lock().await;
+        let _op = self.operation().await?;
         self.flush_outbox().await?;
         let peer_owned = peer.clone();
         let group = self
@@ -263,6 +274,29 @@ impl Client {
 
     pub(crate) fn device_id(&self) -> DeviceId {
         self.inner.device.id()
+    }
+
+    /// Starts a public operation: waits for other operations of this client, then for
+    /// other processes using the same account.
+    pub(crate) async fn operation(&self) -> Result<OperationGuard<'_>, Error> {
+        let op = self.inner.op.lock().await;
+        let path = self.inner.lock_path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(join_error)?
+        .map_err(|e| Error::Store(format!("cannot lock the account for this operation: {e}")))?;
+        Ok(OperationGuard {
+            _op: op,
+            _file: file,
+        })
     }
 
     /// Runs store (and MLS) work on the blocking pool, holding the store lock.

@@ -113,18 +113,22 @@ pub(crate) fn set_session(conn: &Connection, token: Option<&str>, expires_at: u6
 }
 
 pub(crate) fn set_cursor(conn: &Connection, seq: u64) -> Result<()> {
+    let seq = i64::try_from(seq)
+        .map_err(|_| Error::Protocol(format!("mailbox sequence number {seq} out of range")))?;
     conn.execute(
         "UPDATE relay SET mailbox_cursor = max(mailbox_cursor, ?) WHERE id = 1",
-        [seq as i64],
+        [seq],
     )
     .map_err(store_error)?;
     Ok(())
 }
 
 pub(crate) fn set_acked(conn: &Connection, seq: u64) -> Result<()> {
+    let seq = i64::try_from(seq)
+        .map_err(|_| Error::Protocol(format!("mailbox sequence number {seq} out of range")))?;
     conn.execute(
         "UPDATE relay SET acked_cursor = max(acked_cursor, ?) WHERE id = 1",
-        [seq as i64],
+        [seq],
     )
     .map_err(store_error)?;
     Ok(())
@@ -194,9 +198,22 @@ pub(crate) fn pin_device_list(
         .transpose()?;
     let list = verify_device_list(encoded, handle, pinned.as_ref())?;
     if let Some((_, stored)) = &existing {
-        let stored = DeviceList::decode(stored).map_err(|_| corrupt("device list"))?;
-        if stored.sequence > list.sequence {
-            return Ok(stored);
+        let stored_list = DeviceList::decode(stored).map_err(|_| corrupt("device list"))?;
+        if stored_list.sequence > list.sequence {
+            // An older list (a replay by the relay): keep ours.
+            return Ok(stored_list);
+        }
+        if stored_list.sequence == list.sequence {
+            // The same version must be the same list: two different lists under one
+            // sequence number mean the account key signed conflicting lists.
+            return if stored.as_slice() == encoded {
+                Ok(stored_list)
+            } else {
+                Err(Error::Protocol(format!(
+                    "{handle} published two different device lists with sequence {}",
+                    list.sequence
+                )))
+            };
         }
         conn.execute(
             "UPDATE contacts SET device_list = ?, device_list_sequence = ?, updated_at = ? \
@@ -335,6 +352,31 @@ pub(crate) fn conversation_with(conn: &Connection, peer: &Handle) -> Result<Opti
         .optional()
         .map_err(store_error)?;
     Ok(id.map(GroupId))
+}
+
+/// The peer of a 1:1 conversation (`None` for groups).
+pub(crate) fn peer_of(conn: &Connection, group: &GroupId) -> Result<Option<Handle>> {
+    let peer: Option<Option<String>> = conn
+        .query_row(
+            "SELECT peer_handle FROM conversations WHERE group_id = ?",
+            [group.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(store_error)?;
+    peer.flatten()
+        .map(|h| Handle::from_canonical(&h).map_err(|_| corrupt("peer handle")))
+        .transpose()
+}
+
+/// Turns a 1:1 conversation into a group conversation (it gained or lost members).
+pub(crate) fn clear_peer(conn: &Connection, group: &GroupId) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET peer_handle = NULL WHERE group_id = ?",
+        [group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
 }
 
 pub(crate) fn members(conn: &Connection, group: &GroupId) -> Result<Vec<Handle>> {

@@ -27,6 +27,9 @@ use crate::store::{MlsProvider, Store};
 const KEY_PACKAGE_LOW_WATER: u32 = 20;
 /// How many one-time key packages to keep at the relay.
 const KEY_PACKAGE_TARGET: u32 = 100;
+/// Most device lists fetched while processing one envelope (a Welcome names every member's
+/// account; a device list holds at most 16 devices, a group more accounts).
+const MAX_LIST_FETCHES: usize = 64;
 
 /// What became of one envelope.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,42 +71,51 @@ impl Client {
                 limits::DEFAULT_FETCH
             ))
             .await?;
+            let progressed = page.envelopes.iter().any(|e| e.seq > cursor);
             for envelope in page.envelopes {
                 self.process_envelope(envelope).await?;
             }
             self.acknowledge().await?;
-            if !page.more {
+            // A relay claiming more while returning nothing new would loop forever.
+            if !page.more || !progressed {
                 break page.key_packages;
             }
         };
         self.replenish(stock).await
     }
 
-    /// Processes one envelope, fetching an unknown account's device list once if needed.
-    async fn process_envelope(&self, envelope: Envelope) -> Result<(), Error> {
+    /// Processes one envelope, fetching the device list of each account it names that we
+    /// do not know yet (at most [`MAX_LIST_FETCHES`] per envelope).
+    ///
+    /// Only definitive answers reject the envelope (the account does not exist, its key
+    /// differs from the pinned one, its device list does not verify or lacks the device).
+    /// A transient failure (relay unreachable or failing, rate limit, session trouble)
+    /// returns the error and leaves the cursor where it is, so the next sync retries the
+    /// envelope: a commit or Welcome must never be dropped because of a passing outage.
+    pub(crate) async fn process_envelope(&self, envelope: Envelope) -> Result<(), Error> {
         let envelope = std::sync::Arc::new(envelope);
-        let env = std::sync::Arc::clone(&envelope);
-        let mut outcome = self
-            .blocking(move |store, inner| process_envelope(store, inner, &env))
-            .await?;
-        if let Outcome::NeedAccount(handle) = &outcome {
-            outcome = match self.fetch_device_list(handle).await {
-                Ok(()) => {
-                    let env = std::sync::Arc::clone(&envelope);
-                    let retried = self
-                        .blocking(move |store, inner| process_envelope(store, inner, &env))
-                        .await?;
-                    match retried {
-                        Outcome::NeedAccount(h) => {
-                            Outcome::Rejected(format!("{h} has no verified device that matches"))
-                        }
-                        other => other,
-                    }
-                }
-                Err(e @ (Error::RelayUnreachable { .. } | Error::Store(_))) => return Err(e),
-                Err(e) => Outcome::Rejected(format!("cannot verify {handle}: {e}")),
+        let mut fetched: Vec<Handle> = Vec::new();
+        let outcome = loop {
+            let env = std::sync::Arc::clone(&envelope);
+            let outcome = self
+                .blocking(move |store, inner| process_envelope(store, inner, &env))
+                .await?;
+            let Outcome::NeedAccount(handle) = outcome else {
+                break outcome;
             };
-        }
+            if fetched.contains(&handle) || fetched.len() >= MAX_LIST_FETCHES {
+                break Outcome::Rejected(format!("{handle} has no verified device that matches"));
+            }
+            match self.fetch_device_list(&handle).await {
+                Ok(()) => fetched.push(handle),
+                Err(
+                    e @ (Error::UnknownHandle(_)
+                    | Error::IdentityKeyChanged(_)
+                    | Error::Protocol(_)),
+                ) => break Outcome::Rejected(format!("cannot verify {handle}: {e}")),
+                Err(e) => return Err(e),
+            }
+        };
         if let Outcome::Rejected(reason) = outcome {
             tracing::debug!(seq = envelope.seq, %reason, "envelope rejected");
             self.blocking(move |store, _| skip_envelope(store, &envelope, &reason))
@@ -193,8 +205,17 @@ pub(crate) fn process_envelope(
             conn,
             own: &inner.own_list,
         };
-        let event = e2ee_core::process_incoming(provider, &directory, &envelope.payload)
-            .map_err(TxError::Core)?;
+        // A panic inside the MLS library on hostile input must not wedge the mailbox: it
+        // rejects this envelope like any other invalid one (the transaction rolls back).
+        let event = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            e2ee_core::process_incoming(provider, &directory, &envelope.payload)
+        }))
+        .map_err(|_| {
+            TxError::Core(e2ee_core::Error::Internal(
+                "the MLS library failed on this envelope".into(),
+            ))
+        })?
+        .map_err(TxError::Core)?;
         record(conn, provider, &inner.me, &event, envelope)?;
         db::mark_envelope_seen(conn, &payload_hash, now_ms())?;
         db::set_cursor(conn, envelope.seq)?;

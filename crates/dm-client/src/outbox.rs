@@ -332,6 +332,13 @@ pub(crate) fn refresh_members(
         (vec![], true)
     };
     db::set_members(conn, group, &after)?;
+    // A 1:1 conversation stays 1:1: once a third account is in the group, messages for the
+    // peer no longer go there (the next send to the peer starts a new 1:1 conversation).
+    if let Some(peer) = db::peer_of(conn, group)?
+        && after.iter().any(|h| h != &peer)
+    {
+        db::clear_peer(conn, group)?;
+    }
     let added: Vec<Handle> = after
         .iter()
         .filter(|h| !before.contains(h))

@@ -33,6 +33,10 @@ use crate::schema;
 pub const DB_FILE: &str = "store.db";
 /// File name of the (public) key-derivation parameters.
 pub const META_FILE: &str = "store.json";
+/// File locked for the duration of each client operation, so that two processes using
+/// the same account (say `dm chat` and `dm inbox`) take turns instead of processing the
+/// same envelope twice.
+pub const LOCK_FILE: &str = "store.lock";
 /// Version of `store.json`.
 const META_FORMAT: u32 = 1;
 /// Argon2id memory cost, in KiB (64 MiB).
@@ -85,9 +89,15 @@ struct KdfParams {
 /// An open, unlocked store.
 pub struct Store {
     conn: Connection,
+    home: PathBuf,
 }
 
 impl Store {
+    /// The account's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
     /// Whether an account store exists in `home` (either file is enough to refuse creating
     /// another one there).
     pub fn exists(home: &Path) -> bool {
@@ -116,7 +126,10 @@ impl Store {
         let key = derive_key(passphrase, &meta.kdf)?;
         write_meta(home, &meta)?;
         let conn = Connection::open(home.join(DB_FILE)).map_err(store_error)?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            home: home.to_path_buf(),
+        };
         store.unlock(&key)?;
         store.configure()?;
         store.migrate()?;
@@ -147,7 +160,10 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(store_error)?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            home: home.to_path_buf(),
+        };
         store.unlock(&key)?;
         store.configure()?;
         store.migrate()?;
@@ -162,6 +178,7 @@ impl Store {
             format!("{DB_FILE}-shm"),
             format!("{DB_FILE}-journal"),
             META_FILE.to_owned(),
+            LOCK_FILE.to_owned(),
         ] {
             let _ = fs::remove_file(home.join(name));
         }
@@ -174,7 +191,8 @@ impl Store {
         self.conn
             .execute_batch("PRAGMA cipher_log_level = NONE;")
             .map_err(store_error)?;
-        let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
+        let hex_key = Zeroizing::new(hex::encode(key));
+        let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex_key.as_str()));
         self.conn.execute_batch(&pragma).map_err(store_error)?;
         match self
             .conn

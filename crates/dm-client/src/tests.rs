@@ -28,18 +28,38 @@ fn handle(s: &str) -> Handle {
 
 /// An account created locally (no registration).
 fn local_client(dir: &Path, name: &str) -> Client {
+    local_client_at(dir, name, DEAD_RELAY)
+}
+
+fn local_client_at(dir: &Path, name: &str, relay: &str) -> Client {
     let Created {
         store,
         device,
         device_list,
         ..
-    } = create_local(dir, PASSPHRASE, &handle(name), DEAD_RELAY).unwrap();
-    Client::from_parts(
-        store,
-        device,
-        device_list,
-        Transport::new(DEAD_RELAY).unwrap(),
-    )
+    } = create_local(dir, PASSPHRASE, &handle(name), relay).unwrap();
+    Client::from_parts(store, device, device_list, Transport::new(relay).unwrap())
+}
+
+/// A relay that answers every request with 500 `internal` (a failing database, say).
+fn failing_relay() -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 65536];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"error":{"code":"internal","message":"internal error"}}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
 }
 
 /// Every `store.db*` file and `store.json`, by name.
@@ -425,6 +445,52 @@ async fn envelopes_are_processed_in_transactions_that_roll_back_on_error() {
             .iter()
             .all(|m| !m.outgoing && m.received_at.is_some())
     );
+}
+
+/// A Welcome from an account bob has never seen needs its device list; when the relay
+/// fails the envelope must stay unprocessed (not be skipped as undecryptable),
+/// or a passing outage would cost bob the whole conversation.
+#[tokio::test]
+async fn a_transient_failure_keeps_the_envelope_for_the_next_sync() {
+    let (da, db_) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let alice = local_client(da.path(), "alice");
+    let bob = local_client_at(db_.path(), "bob", &failing_relay());
+    let (welcome, _) = alice_invites_bob(&alice, &bob).await;
+
+    let err = bob.process_envelope(envelope(1, welcome.clone())).await;
+    assert!(
+        matches!(
+            err,
+            Err(Error::Relay {
+                code: dm_wire::api::ErrorCode::Internal,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        cursor(&bob).await,
+        0,
+        "the cursor did not move past the Welcome"
+    );
+    let queued = bob
+        .blocking(|s, _| s.transaction(|conn, _| db::drain_events(conn)))
+        .await
+        .unwrap();
+    assert!(
+        queued.is_empty(),
+        "no error event for a transient failure: {queued:?}"
+    );
+
+    // Once the account is known, the same envelope joins.
+    let alice_list = alice.inner.own_list.encode();
+    bob.blocking(move |store, _| {
+        store.transaction(|conn, _| db::pin_device_list(conn, &handle("alice"), &alice_list, 1))
+    })
+    .await
+    .unwrap();
+    bob.process_envelope(envelope(1, welcome)).await.unwrap();
+    assert_eq!(cursor(&bob).await, 1);
 }
 
 #[tokio::test]

@@ -52,7 +52,28 @@ impl Transport {
         format!("{}{path}", self.base)
     }
 
+    /// Registers. Retried when the request may have reached the relay (a timeout or a
+    /// connection broken mid-request, not a refused connection): the relay answers an
+    /// identical retry like the original, and giving up would strand an account the relay
+    /// may already have accepted.
     pub(crate) async fn register(&self, req: &RegisterRequest) -> Result<AccountResponse, Error> {
+        const RETRY_DELAYS_MS: [u64; 3] = [250, 1000, 3000];
+        for delay in RETRY_DELAYS_MS {
+            match self
+                .http
+                .post(self.url("/v1/accounts"))
+                .json(req)
+                .send()
+                .await
+            {
+                Err(e) if !e.is_connect() => {
+                    tracing::debug!(error = %e, "registration interrupted; retrying");
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                Err(e) => return Err(self.transport_error(&e)),
+                Ok(response) => return self.parse(self.check(response).await?).await,
+            }
+        }
         self.json(self.http.post(self.url("/v1/accounts")).json(req))
             .await
     }
@@ -130,6 +151,10 @@ impl Transport {
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
         let response = self.execute(req).await?;
+        self.parse(response).await
+    }
+
+    async fn parse<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
         let bytes = response
             .bytes()
             .await
@@ -144,6 +169,11 @@ impl Transport {
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, Error> {
         let response = req.send().await.map_err(|e| self.transport_error(&e))?;
+        self.check(response).await
+    }
+
+    /// Passes a success through; turns an error status into [`Error`].
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, Error> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -19,6 +19,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     code: ErrorCode,
     message: Cow<'static, str>,
+    /// The group's current epoch, answered with `epoch_conflict` only.
+    epoch: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,20 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            epoch: None,
+        }
+    }
+
+    /// `409 epoch_conflict`, telling the client the group's current epoch (in
+    /// [`ErrorDetail::epoch`] as well as in the message).
+    pub fn epoch_conflict(current: u64) -> Self {
+        Self {
+            code: ErrorCode::EpochConflict,
+            message: format!(
+                "the group is at epoch {current}: fetch your mailbox, process it and retry"
+            )
+            .into(),
+            epoch: Some(current),
         }
     }
 
@@ -90,6 +106,11 @@ impl ApiError {
         &self.message
     }
 
+    /// The group's current epoch, set with `epoch_conflict` only.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
     /// The error a relay-generated response of this status stands for (used to turn the
     /// framework's own plain responses into JSON ones).
     pub fn for_status(status: StatusCode) -> Self {
@@ -118,6 +139,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message.into_owned(),
+                epoch: self.epoch,
             },
         };
         let mut response = (status, Json(body)).into_response();
@@ -150,18 +172,14 @@ impl From<StoreError> for ApiError {
                 ErrorCode::NotMember,
                 "the sending device is not on the group's delivery list",
             ),
-            StoreError::EpochConflict { current } => Self::new(
-                ErrorCode::EpochConflict,
-                format!(
-                    "the group is at epoch {current}: fetch your mailbox, process it and retry"
-                ),
-            ),
+            StoreError::EpochConflict { current } => Self::epoch_conflict(current),
             StoreError::FutureEpoch { current } => Self::invalid_message(format!(
                 "the message is for an epoch after the group's current epoch {current}"
             )),
-            StoreError::UnknownKeyPackageRef => {
-                Self::invalid_message("the welcome names a key package the relay does not know")
-            }
+            StoreError::UnclaimedKeyPackageRef => Self::invalid_message(
+                "the welcome names a key package that the sending device did not claim",
+            ),
+            StoreError::InvalidRemoval(why) => Self::invalid_request(why),
             StoreError::IdReused => Self::new(
                 ErrorCode::IdReused,
                 "the message id was used before for a different message",

@@ -7,9 +7,10 @@
 //! implementation.
 //!
 //! What is stored: accounts (handle, account key, signed device list), devices (device key,
-//! mailbox counter), login challenges, hashed session tokens, key packages, per-group epoch
-//! and delivery list, per-device mailboxes of opaque MLS messages, and the (device, message
-//! id) pairs that make retries idempotent. Never a private key or a plaintext.
+//! mailbox counter), login challenges, hashed session tokens, key packages and who claimed
+//! them, per-group epoch and delivery list, per-device mailboxes of opaque MLS messages, and
+//! the (device, message id) pairs that make retries idempotent. Never a private key or a
+//! plaintext.
 
 pub mod sqlite;
 
@@ -57,9 +58,14 @@ pub enum StoreError {
         /// The group's epoch.
         current: u64,
     },
-    /// A Welcome names a key package reference the relay never stored.
-    #[error("unknown key package reference in welcome")]
-    UnknownKeyPackageRef,
+    /// A Welcome names a key package reference that the sending device did not claim (or
+    /// that the relay never stored).
+    #[error("welcome names a key package the sender did not claim")]
+    UnclaimedKeyPackageRef,
+    /// `removed_devices` names a device that is not on the group's delivery list, or the
+    /// sender itself.
+    #[error("invalid removal: {0}")]
+    InvalidRemoval(&'static str),
     /// The message id was used before by this device for different bytes.
     #[error("message id reused")]
     IdReused,
@@ -174,11 +180,13 @@ pub struct OutgoingMessage {
     pub message: Vec<u8>,
     /// With a commit: the Welcome and the key package references it is encrypted to.
     pub welcome: Option<OutgoingWelcome>,
-    /// With a commit: devices to take off the delivery list.
+    /// With a commit: devices to take off the delivery list (each must be on it, and not be
+    /// the sender).
     pub removed_devices: Vec<DeviceId>,
 }
 
-/// A Welcome to route to the devices whose key packages it names.
+/// A Welcome to route to the devices whose key packages it names (each of which the sending
+/// device must have claimed).
 #[derive(Clone, Debug)]
 pub struct OutgoingWelcome {
     /// The TLS-encoded Welcome `MLSMessage`.
@@ -216,30 +224,51 @@ pub struct SweepStats {
     pub sessions: u64,
     /// Expired or long-claimed key packages.
     pub key_packages: u64,
+    /// Records of last-resort key package claims older than their retention.
+    pub key_package_claims: u64,
     /// Envelopes older than the retention limit.
     pub envelopes: u64,
     /// Idempotency records older than their retention.
     pub sent_messages: u64,
 }
 
-/// How long the relay keeps things, in seconds.
+/// How long the relay keeps things, in seconds. All of them are the one published
+/// [`dm_wire::api::limits::MAILBOX_RETENTION_SECS`]: whatever a client may still retry or
+/// route (a send, a Welcome to a claimed key package) stays known as long as the envelopes
+/// it produced can wait in a mailbox.
 pub mod retention {
-    /// A claimed one-time key package (or a replaced last-resort one) stays this long, so a
-    /// Welcome encrypted to it can still be routed by its reference.
-    pub const CLAIMED_KEY_PACKAGE_SECS: u64 = 30 * 24 * 3600;
+    use dm_wire::api::limits::{IDEMPOTENCY_RETENTION_SECS, MAILBOX_RETENTION_SECS};
+
+    /// A claimed one-time key package (or a replaced last-resort one), and the record of
+    /// each claim of a last-resort one, stay this long, so a Welcome encrypted to it can
+    /// still be routed by its reference.
+    pub const CLAIMED_KEY_PACKAGE_SECS: u64 = MAILBOX_RETENTION_SECS;
     /// An unacknowledged envelope is deleted after this long.
-    pub const ENVELOPE_SECS: u64 = 30 * 24 * 3600;
-    /// A (device, message id) record that makes retries idempotent is kept this long.
-    pub const SENT_MESSAGE_SECS: u64 = 7 * 24 * 3600;
+    pub const ENVELOPE_SECS: u64 = MAILBOX_RETENTION_SECS;
+    /// A (device, message id) record that makes retries idempotent is kept this long: as
+    /// long as the envelopes of the accepted message.
+    pub const SENT_MESSAGE_SECS: u64 = IDEMPOTENCY_RETENTION_SECS;
+}
+
+/// What [`Store::create_account`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The account was created.
+    Created,
+    /// The account existed with this very device list: a retried registration, answered
+    /// like the original without changing anything.
+    Repeated,
 }
 
 /// The relay's persistent state. Every operation is atomic.
 ///
 /// Times are passed in (unix seconds unless stated), so callers decide what "now" is.
 pub trait Store: Send + Sync + 'static {
-    /// Creates an account and its first device. Fails with [`StoreError::HandleTaken`] or
-    /// [`StoreError::DeviceTaken`].
-    fn create_account(&self, account: NewAccount, now: u64) -> StoreFuture<'_, ()>;
+    /// Creates an account and its first device. If the handle is registered already with
+    /// a byte-identical device list, changes nothing and answers
+    /// [`Registration::Repeated`]. Fails with [`StoreError::HandleTaken`] (another device
+    /// list) or [`StoreError::DeviceTaken`].
+    fn create_account(&self, account: NewAccount, now: u64) -> StoreFuture<'_, Registration>;
 
     /// The account with this handle.
     fn account<'a>(&'a self, handle: &'a Handle) -> StoreFuture<'a, Option<Account>>;
@@ -279,8 +308,9 @@ pub trait Store: Send + Sync + 'static {
     fn key_package_stock(&self, device_id: DeviceId, now: u64) -> StoreFuture<'_, KeyPackageStock>;
 
     /// Claims one key package for every current device of an account: the oldest unclaimed
-    /// unexpired one-time package, else the last-resort one (which stays). Fails with
-    /// [`StoreError::UnknownHandle`].
+    /// unexpired one-time package, else the last-resort one (which stays). Records that
+    /// `claimed_by` claimed each of them, so that only `claimed_by` can route a Welcome to
+    /// them. Fails with [`StoreError::UnknownHandle`].
     fn claim_key_packages<'a>(
         &'a self,
         handle: &'a Handle,
@@ -290,6 +320,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sequences a message in its group and delivers it (and its Welcome) to mailboxes,
     /// following [`sequence`], all in one transaction. `now_ms` is unix milliseconds.
+    ///
+    /// In order: a retry of an accepted message is answered like the original
+    /// ([`StoreError::IdReused`] for other bytes); then [`sequence`] decides; then every
+    /// Welcome reference must name a key package the sender claimed
+    /// ([`StoreError::UnclaimedKeyPackageRef`]) and every removed device must be on the
+    /// delivery list and not be the sender ([`StoreError::InvalidRemoval`]). A refused
+    /// message changes nothing.
     fn send(&self, message: OutgoingMessage, now_ms: u64) -> StoreFuture<'_, SendOutcome>;
 
     /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit`, and
@@ -304,8 +341,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a device's envelopes with `seq <= up_to`.
     fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
 
-    /// Deletes expired challenges, sessions and key packages, old claimed key packages,
-    /// envelopes and idempotency records past their [`retention`].
+    /// Deletes expired challenges, sessions and key packages, old claimed key packages and
+    /// claim records, envelopes and idempotency records past their [`retention`].
     fn sweep(&self, now: u64) -> StoreFuture<'_, SweepStats>;
 }
 

@@ -130,6 +130,87 @@ async fn registration() {
         .assert_error(404, "unknown_handle");
 }
 
+/// A registration whose answer was lost can be retried: the byte-identical device list
+/// (with a valid proof) is answered 201 with the same body; any other list is still
+/// `handle_taken`, and the retry does not bypass the proof.
+#[tokio::test]
+async fn registration_is_idempotent_for_the_same_device_list() {
+    let relay = Relay::start().await;
+    let alice = Device::new("alice");
+    let req = alice.register_request();
+    let first = relay.post("/v1/accounts", None, &req).await;
+    assert_eq!(first.status, 201);
+    for _ in 0..2 {
+        let again = relay.post("/v1/accounts", None, &req).await;
+        assert_eq!(
+            again.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&again.body)
+        );
+        assert_eq!(again.json(), first.json());
+    }
+
+    // The same account key and device, but a list with other bytes (another timestamp).
+    let cert = DeviceCertificate::issue(
+        &alice.account,
+        alice.handle.clone(),
+        alice.device_id,
+        alice.device_key(),
+        support::now_secs() + 5,
+    );
+    let other_list = DeviceList::issue(
+        &alice.account,
+        alice.handle.clone(),
+        1,
+        support::now_secs() + 5,
+        vec![cert],
+    )
+    .unwrap()
+    .encode();
+    assert_ne!(other_list, req.device_list);
+    let other = dm_wire::api::RegisterRequest {
+        handle: alice.handle.clone(),
+        device_proof: alice.sign(
+            dm_wire::auth::REGISTRATION_LABEL,
+            &dm_wire::auth::registration_body(&other_list),
+        ),
+        device_list: other_list,
+    };
+    relay
+        .post("/v1/accounts", None, &other)
+        .await
+        .assert_error(409, "handle_taken");
+    // Another device's list for the taken handle.
+    relay
+        .post(
+            "/v1/accounts",
+            None,
+            &Device::new("alice").register_request(),
+        )
+        .await
+        .assert_error(409, "handle_taken");
+    // The identical list with a bad proof is still refused.
+    let mut bad = req.clone();
+    bad.device_proof[0] ^= 1;
+    relay
+        .post("/v1/accounts", None, &bad)
+        .await
+        .assert_error(400, "invalid_signature");
+
+    // The account is the first one, and its device logs in.
+    let mut alice = alice;
+    let challenge = alice.challenge(&relay).await;
+    let resp = relay
+        .post("/v1/auth/session", None, &alice.session_request(challenge))
+        .await;
+    resp.assert_ok();
+    alice.token = Some(resp.parse::<SessionResponse>().token);
+    let resp = relay.get("/v1/accounts/alice", Some(alice.token())).await;
+    resp.assert_ok();
+    assert_eq!(resp.json(), first.json());
+}
+
 #[tokio::test]
 async fn login_and_replay() {
     let relay = Relay::start().await;

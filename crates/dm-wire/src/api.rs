@@ -46,9 +46,24 @@ pub mod limits {
     pub const CHALLENGE_TTL_SECS: u64 = 60;
     /// Seconds a session token stays valid.
     pub const SESSION_TTL_SECS: u64 = 24 * 3600;
+    /// Seconds the relay keeps an unacknowledged mailbox envelope (30 days); older ones are
+    /// deleted. Claimed key packages stay known to the relay as long, so that a Welcome
+    /// encrypted to them can still be routed.
+    pub const MAILBOX_RETENTION_SECS: u64 = 30 * 24 * 3600;
+    /// Seconds the relay remembers an accepted `(device, message id)` pair, so that a retry
+    /// of a [`super::SendRequest`] is answered like the original (`duplicate: true`) instead
+    /// of being sequenced again. As long as [`MAILBOX_RETENTION_SECS`]: a message the relay
+    /// accepted is recognised for as long as its envelopes can still be waiting in a
+    /// mailbox. A client retrying a send after this long can no longer rely on it.
+    pub const IDEMPOTENCY_RETENTION_SECS: u64 = MAILBOX_RETENTION_SECS;
 }
 
 /// Registers a new account with its first device.
+///
+/// Idempotent: repeating a successful registration (same handle, byte-identical
+/// `device_list`, valid `device_proof`) is answered 201 with the same [`AccountResponse`]
+/// and changes nothing, so a client whose first response was lost can retry. Any other
+/// device list for a registered handle is 409 [`ErrorCode::HandleTaken`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterRequest {
     /// The handle to register (canonical form).
@@ -179,10 +194,14 @@ pub struct ClaimResponse {
 /// The relay reads the group id, epoch and content type from the message's cleartext
 /// header. A commit is accepted only if its epoch is the group's current epoch (exactly one
 /// commit per epoch); the relay then routes `welcome` to the devices whose key packages it
-/// consumed and adds them to the group's delivery list.
+/// names and adds them to the group's delivery list. Every `KeyPackageRef` of the Welcome
+/// must name a key package that the sending device claimed (within
+/// [`limits::MAILBOX_RETENTION_SECS`]), else the request is 400
+/// [`ErrorCode::InvalidMessage`] and nothing is delivered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SendRequest {
-    /// Chosen by the sender; a retry with the same id is answered like the original.
+    /// Chosen by the sender; a retry with the same id is answered like the original (for
+    /// [`limits::IDEMPOTENCY_RETENTION_SECS`] after the original was accepted).
     pub id: MessageId,
     /// The TLS-encoded `MLSMessage` (a PrivateMessage).
     #[serde(with = "crate::b64")]
@@ -195,7 +214,9 @@ pub struct SendRequest {
     )]
     pub welcome: Option<Vec<u8>>,
     /// With a commit that removes members: the devices it removes, to be taken off the
-    /// group's delivery list once the commit is accepted.
+    /// group's delivery list once the commit is accepted. Each must be on the group's
+    /// delivery list and must not be the sender, else the request is 400
+    /// [`ErrorCode::InvalidRequest`] and nothing is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_devices: Vec<DeviceId>,
 }
@@ -249,7 +270,7 @@ pub enum ErrorCode {
     InvalidHandle,
     /// A certificate, device list or proof is malformed or its signature does not verify (400).
     InvalidSignature,
-    /// The handle is registered already (409).
+    /// The handle is registered already, with another device list (409).
     HandleTaken,
     /// No account has this handle (404).
     UnknownHandle,
@@ -266,6 +287,7 @@ pub enum ErrorCode {
     /// The sending device is not on the group's delivery list (403).
     NotMember,
     /// Another commit was accepted for this epoch first (409). Fetch, process, retry.
+    /// [`ErrorDetail::epoch`] carries the group's current epoch.
     EpochConflict,
     /// The message id was used before for a different message (409).
     IdReused,
@@ -333,7 +355,8 @@ impl ErrorCode {
     }
 }
 
-/// The body of every error response: `{"error": {"code": "...", "message": "..."}}`.
+/// The body of every error response: `{"error": {"code": "...", "message": "..."}}`
+/// (plus `"epoch"` with `epoch_conflict`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
@@ -347,6 +370,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// Explanation for people; never contains secrets or message content.
     pub message: String,
+    /// With `epoch_conflict`: the group's current epoch at the relay. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 #[cfg(test)]
@@ -363,6 +389,50 @@ mod tests {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+    }
+
+    #[test]
+    fn mailbox_and_idempotency_retention_are_thirty_days() {
+        assert_eq!(limits::MAILBOX_RETENTION_SECS, 30 * 24 * 3600);
+        assert_eq!(
+            limits::IDEMPOTENCY_RETENTION_SECS,
+            limits::MAILBOX_RETENTION_SECS
+        );
+    }
+
+    #[test]
+    fn error_detail_epoch_is_optional() {
+        let conflict = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::EpochConflict,
+                message: "later".into(),
+                epoch: Some(7),
+            },
+        };
+        let json = serde_json::to_value(&conflict).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "epoch_conflict", "message": "later", "epoch": 7}})
+        );
+        let other = ErrorDetail {
+            code: ErrorCode::Internal,
+            message: "x".into(),
+            epoch: None,
+        };
+        let json = serde_json::to_value(&other).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"code": "internal", "message": "x"})
+        );
+        // Bodies without the field (every other error, older relays) still parse.
+        let back: ErrorBody =
+            serde_json::from_str(r#"{"error":{"code":"epoch_conflict","message":"m"}}"#).unwrap();
+        assert_eq!(back.error.epoch, None);
+        let back: ErrorBody = serde_json::from_str(
+            r#"{"error":{"code":"epoch_conflict","message":"m","epoch":18446744073709551615}}"#,
+        )
+        .unwrap();
+        assert_eq!(back.error.epoch, Some(u64::MAX));
     }
 
     #[test]

@@ -12,12 +12,13 @@ pub async fn run(home: &Path, server: &str, handle: &str) -> anyhow::Result<()> 
     if Client::account_exists(home) {
         return Err(dm_client::Error::AccountExists.into());
     }
-    let passphrase = passphrase::new()?;
+    let mut passphrase = passphrase::new()?;
     let (client, recovery) = Client::create(CreateOptions {
         home: home.to_path_buf(),
         server,
         handle,
-        passphrase,
+        // Moved, not copied: the client zeroizes it.
+        passphrase: std::mem::take(&mut *passphrase),
     })
     .await?;
     let me = client.whoami().await?;

@@ -49,6 +49,17 @@ CREATE TABLE key_packages (
 );
 CREATE INDEX key_packages_offer ON key_packages (device_id, last_resort, claimed_at, id);
 
+-- Every claim of a last-resort key package (many devices may claim the same one over time).
+-- A Welcome is routed to a key package only for a device that claimed it: a one-time
+-- package's single claimer is key_packages.claimed_by, a last-resort package's are here.
+CREATE TABLE key_package_claims (
+    kp_ref     BLOB    NOT NULL REFERENCES key_packages (kp_ref) ON DELETE CASCADE,
+    claimed_by BLOB    NOT NULL, -- the claiming device
+    claimed_at INTEGER NOT NULL, -- this device's latest claim
+    PRIMARY KEY (kp_ref, claimed_by)
+) WITHOUT ROWID;
+CREATE INDEX key_package_claims_by_age ON key_package_claims (claimed_at);
+
 CREATE TABLE groups (
     group_id   BLOB    PRIMARY KEY NOT NULL,
     epoch      INTEGER NOT NULL,

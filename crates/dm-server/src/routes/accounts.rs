@@ -13,12 +13,16 @@ use crate::AppState;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::store::NewAccount;
+use crate::store::{NewAccount, Registration};
 
 /// Registers an account with its first device.
 ///
 /// The device list must verify, name the requested handle, have sequence 1 and exactly one
 /// device, and the device must prove possession of its key over the list.
+///
+/// Idempotent: a retry with the byte-identical device list of the registered account (and
+/// a valid proof, checked as above) is answered like the first request; any other device
+/// list for a registered handle is `409 handle_taken`.
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -62,7 +66,7 @@ pub async fn register(
             "the device proof does not verify with the device's key",
         )
     })?;
-    state
+    let registration = state
         .store()
         .create_account(
             NewAccount {
@@ -76,7 +80,12 @@ pub async fn register(
             state.now_secs(),
         )
         .await?;
-    tracing::debug!(device = %device.device_id, "account registered");
+    match registration {
+        Registration::Created => tracing::debug!(device = %device.device_id, "account registered"),
+        Registration::Repeated => {
+            tracing::debug!(device = %device.device_id, "account registration repeated");
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(AccountResponse {

@@ -15,7 +15,9 @@ use crate::store::{ContentKind, OutgoingMessage, OutgoingWelcome};
 
 /// Accepts one MLS PrivateMessage for its group (see [`crate::store::sequence`] for the
 /// ordering rules) and delivers it to every other device on the group's delivery list; a
-/// commit's Welcome goes to the devices whose key packages it names.
+/// commit's Welcome goes to the devices whose key packages it names, each of which the
+/// sending device must have claimed, and `removed_devices` (current members other than the
+/// sender) leave the list. A refused message changes nothing.
 pub async fn send(
     State(state): State<AppState>,
     auth: Authenticated,

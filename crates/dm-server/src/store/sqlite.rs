@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, SendOutcome,
-    Store, StoreError, StoreFuture, StoredEnvelope, SweepStats, retention, sequence,
+    Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, Registration,
+    SendOutcome, Store, StoreError, StoreFuture, StoredEnvelope, SweepStats, retention, sequence,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -61,8 +61,11 @@ impl SqliteStore {
     }
 }
 
-/// Unix times and counters are `u64` in the API and `INTEGER` (i64) in SQLite. Values above
-/// `i64::MAX` (centuries away as times; unreachable as counters) saturate.
+/// Unix times, mailbox cursors and counters are `u64` in the API and `INTEGER` (i64) in
+/// SQLite. Values above `i64::MAX` (centuries away as times; unreachable as counters)
+/// saturate: the conversion is checked and order-preserving, so a comparison with a stored
+/// value (`seq > after`, `seq <= up_to`, `not_after > now`) means the same for every `u64`
+/// (nothing is after `u64::MAX`, everything is up to it). It never wraps to a negative.
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -130,15 +133,21 @@ async fn deliver(
 }
 
 impl Store for SqliteStore {
-    fn create_account(&self, account: NewAccount, now: u64) -> StoreFuture<'_, ()> {
+    fn create_account(&self, account: NewAccount, now: u64) -> StoreFuture<'_, Registration> {
         Box::pin(async move {
             let mut tx = self.write().await?;
-            let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE handle = ?")
-                .bind(account.handle.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if taken.is_some() {
-                return Err(StoreError::HandleTaken);
+            let existing: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT device_list FROM accounts WHERE handle = ?")
+                    .bind(account.handle.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(existing) = existing {
+                // The very list registered before: a retry whose first answer was lost.
+                return if existing == account.device_list {
+                    Ok(Registration::Repeated)
+                } else {
+                    Err(StoreError::HandleTaken)
+                };
             }
             let device_taken: Option<i64> =
                 sqlx::query_scalar("SELECT 1 FROM devices WHERE device_id = ?")
@@ -170,7 +179,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(Registration::Created)
         })
     }
 
@@ -387,8 +396,8 @@ impl Store for SqliteStore {
             .await?;
             let mut key_packages = Vec::with_capacity(devices.len());
             for dev in devices {
-                let one_time: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, key_package FROM key_packages \
+                let one_time: Option<(i64, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(
+                    "SELECT id, kp_ref, key_package, last_resort FROM key_packages \
                      WHERE device_id = ? AND last_resort = 0 AND claimed_at IS NULL \
                        AND not_after > ? \
                      ORDER BY id LIMIT 1",
@@ -401,7 +410,7 @@ impl Store for SqliteStore {
                     Some(row) => Some(row),
                     None => {
                         sqlx::query_as(
-                            "SELECT id, key_package FROM key_packages \
+                            "SELECT id, kp_ref, key_package, last_resort FROM key_packages \
                              WHERE device_id = ? AND last_resort = 1 AND retired_at IS NULL \
                                AND not_after > ? \
                              ORDER BY id DESC LIMIT 1",
@@ -412,17 +421,31 @@ impl Store for SqliteStore {
                         .await?
                     }
                 };
-                let Some((id, key_package)) = chosen else {
+                let Some((id, kp_ref, key_package, last_resort)) = chosen else {
                     continue;
                 };
-                // For a one-time package this consumes it; a last-resort package stays
-                // offered (its claim time only records the latest use).
+                // For a one-time package this consumes it and names its only claimer; a
+                // last-resort package stays offered (its claim time only records the latest
+                // use) and every claimer is recorded in key_package_claims.
                 sqlx::query("UPDATE key_packages SET claimed_at = ?, claimed_by = ? WHERE id = ?")
                     .bind(int(now))
                     .bind(claimed_by.as_bytes().as_slice())
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                if last_resort {
+                    sqlx::query(
+                        "INSERT INTO key_package_claims (kp_ref, claimed_by, claimed_at) \
+                         VALUES (?, ?, ?) \
+                         ON CONFLICT (kp_ref, claimed_by) \
+                           DO UPDATE SET claimed_at = excluded.claimed_at",
+                    )
+                    .bind(kp_ref.as_slice())
+                    .bind(claimed_by.as_bytes().as_slice())
+                    .bind(int(now))
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 key_packages.push((device_id(&dev)?, key_package));
             }
             tx.commit().await?;
@@ -474,25 +497,61 @@ impl Store for SqliteStore {
             .await?;
             let sequenced = sequence(current, is_member.is_some(), msg.kind, msg.epoch)?;
 
+            // The relay's epoch column is an i64: a commit that would pass it cannot be
+            // sequenced (like one that would pass u64::MAX in `sequence`).
+            let new_epoch =
+                i64::try_from(sequenced.new_epoch).map_err(|_| StoreError::EpochConflict {
+                    current: current.unwrap_or_default(),
+                })?;
+
+            // A Welcome goes only to devices whose key package the sender itself claimed:
+            // otherwise any member could put any device on the delivery list.
             let mut welcomed: Vec<Vec<u8>> = Vec::new();
             if let Some(welcome) = &msg.welcome {
                 for kp_ref in &welcome.kp_refs {
-                    let dev: Vec<u8> =
-                        sqlx::query_scalar("SELECT device_id FROM key_packages WHERE kp_ref = ?")
-                            .bind(kp_ref.as_slice())
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .ok_or(StoreError::UnknownKeyPackageRef)?;
+                    let dev: Vec<u8> = sqlx::query_scalar(
+                        "SELECT kp.device_id FROM key_packages kp WHERE kp.kp_ref = ?1 AND ( \
+                           (kp.last_resort = 0 AND kp.claimed_by = ?2) \
+                           OR (kp.last_resort = 1 AND EXISTS ( \
+                             SELECT 1 FROM key_package_claims c \
+                             WHERE c.kp_ref = kp.kp_ref AND c.claimed_by = ?2)))",
+                    )
+                    .bind(kp_ref.as_slice())
+                    .bind(sender)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::UnclaimedKeyPackageRef)?;
                     if !welcomed.contains(&dev) {
                         welcomed.push(dev);
                     }
                 }
             }
 
+            // Only current members other than the sender can be taken off the list.
+            for dev in &msg.removed_devices {
+                if *dev == msg.sender {
+                    return Err(StoreError::InvalidRemoval(
+                        "removed_devices must not name the sending device",
+                    ));
+                }
+                let on_list: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
+                )
+                .bind(group)
+                .bind(dev.as_bytes().as_slice())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if on_list.is_none() {
+                    return Err(StoreError::InvalidRemoval(
+                        "every device in removed_devices must be on the group's delivery list",
+                    ));
+                }
+            }
+
             if sequenced.creates_group {
                 sqlx::query("INSERT INTO groups (group_id, epoch, created_at) VALUES (?, ?, ?)")
                     .bind(group)
-                    .bind(int(sequenced.new_epoch))
+                    .bind(new_epoch)
                     .bind(int(now_ms / 1000))
                     .execute(&mut *tx)
                     .await?;
@@ -503,7 +562,7 @@ impl Store for SqliteStore {
                     .await?;
             } else if Some(sequenced.new_epoch) != current {
                 sqlx::query("UPDATE groups SET epoch = ? WHERE group_id = ?")
-                    .bind(int(sequenced.new_epoch))
+                    .bind(new_epoch)
                     .bind(group)
                     .execute(&mut *tx)
                     .await?;
@@ -548,7 +607,7 @@ impl Store for SqliteStore {
             .bind(sender)
             .bind(msg.id.as_bytes().as_slice())
             .bind(msg.message_hash.as_slice())
-            .bind(int(sequenced.new_epoch))
+            .bind(new_epoch)
             .bind(int(now_ms / 1000))
             .execute(&mut *tx)
             .await?;
@@ -576,10 +635,12 @@ impl Store for SqliteStore {
             .bind(i64::from(limit) + 1)
             .fetch_all(&self.pool)
             .await?;
-            let more = rows.len() > limit as usize;
+            // Checked: a limit that does not fit a usize is no limit.
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let more = rows.len() > limit;
             let envelopes = rows
                 .into_iter()
-                .take(limit as usize)
+                .take(limit)
                 .map(|(seq, payload, received_at)| {
                     Ok(StoredEnvelope {
                         seq: uint(seq, "seq")?,
@@ -637,12 +698,20 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            let key_package_claims =
+                sqlx::query("DELETE FROM key_package_claims WHERE claimed_at <= ?")
+                    .bind(kp_cutoff)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             let envelopes = sqlx::query("DELETE FROM mailbox WHERE received_at <= ?")
                 .bind(envelope_cutoff_ms)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let sent_messages = sqlx::query("DELETE FROM sent_messages WHERE sent_at <= ?")
+            // Strictly older: `sent_at` is in seconds, rounded down, so `<=` could drop the
+            // record up to a second before the envelopes of the same message.
+            let sent_messages = sqlx::query("DELETE FROM sent_messages WHERE sent_at < ?")
                 .bind(sent_cutoff)
                 .execute(&mut *tx)
                 .await?
@@ -652,6 +721,7 @@ impl Store for SqliteStore {
                 challenges,
                 sessions,
                 key_packages,
+                key_package_claims,
                 envelopes,
                 sent_messages,
             })

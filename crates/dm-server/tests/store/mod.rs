@@ -164,6 +164,57 @@ async fn sweep_deletes_what_expired() {
     assert_eq!(stats.key_packages, 1);
 }
 
+/// Every claim of a last-resort key package is recorded once per claimer (a repeated claim
+/// refreshes it) and swept after the claim retention, like claimed one-time packages.
+#[tokio::test]
+async fn last_resort_claims_are_recorded_per_claimer_and_swept() {
+    let relay = Relay::start().await;
+    let store = relay.store();
+    let device = account(&relay, "alice").await;
+    let alice = Handle::parse("alice").unwrap();
+    let now = now_secs();
+    let not_after = now + 2 * retention::CLAIMED_KEY_PACKAGE_SECS;
+    store
+        .add_key_packages(device, vec![], Some(fake_key_package(not_after)), now)
+        .await
+        .unwrap();
+    for claimer in [[1; 16], [2; 16], [1; 16]] {
+        let claim = store
+            .claim_key_packages(&alice, DeviceId(claimer), now)
+            .await
+            .unwrap();
+        assert_eq!(claim.key_packages.len(), 1);
+    }
+    // Claimer 1 again, a day later: its record is refreshed, not duplicated.
+    store
+        .claim_key_packages(&alice, DeviceId([1; 16]), now + 86_400)
+        .await
+        .unwrap();
+    let stats = store
+        .sweep(now + retention::CLAIMED_KEY_PACKAGE_SECS - 1)
+        .await
+        .unwrap();
+    assert_eq!((stats.key_package_claims, stats.key_packages), (0, 0));
+    let stats = store
+        .sweep(now + retention::CLAIMED_KEY_PACKAGE_SECS)
+        .await
+        .unwrap();
+    assert_eq!((stats.key_package_claims, stats.key_packages), (1, 0));
+    let stats = store
+        .sweep(now + 86_400 + retention::CLAIMED_KEY_PACKAGE_SECS)
+        .await
+        .unwrap();
+    assert_eq!((stats.key_package_claims, stats.key_packages), (1, 0));
+    // The package itself stays offered.
+    assert!(
+        store
+            .key_package_stock(device, now)
+            .await
+            .unwrap()
+            .last_resort
+    );
+}
+
 /// Concurrent claims (each a write transaction) neither fail with SQLITE_BUSY nor hand out
 /// a one-time key package twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -332,14 +332,19 @@ impl Device {
             .post("/v1/accounts", None, &device.register_request())
             .await;
         assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
-        let challenge = device.challenge(relay).await;
+        device.login(relay).await;
+        device
+    }
+
+    /// Opens a new session (replacing the token).
+    pub async fn login(&mut self, relay: &Relay) {
+        let challenge = self.challenge(relay).await;
         let resp = relay
-            .post("/v1/auth/session", None, &device.session_request(challenge))
+            .post("/v1/auth/session", None, &self.session_request(challenge))
             .await;
         resp.assert_ok();
         let session: SessionResponse = resp.parse();
-        device.token = Some(session.token);
-        device
+        self.token = Some(session.token);
     }
 
     /// A TLS-encoded `MLSMessage` with a fresh key package of this device.
@@ -495,4 +500,36 @@ pub async fn pair(relay: &Relay, alice: &Device, bob: &Device) -> (MlsGroup, Mls
         .await;
     assert_eq!(ack.status, 204);
     (group, bob_group)
+}
+
+/// A copy of a TLS-encoded PrivateMessage `MLSMessage` whose cleartext epoch is `epoch`
+/// (the relay reads only the header, so the rest need not match).
+pub fn with_epoch(message: &[u8], epoch: u64) -> Vec<u8> {
+    // version (2) and wire_format (2), then the group id as a QUIC-style varint-prefixed
+    // vector, then the epoch (u64, big endian).
+    let len_at = 4;
+    let (prefix, len) = match message[len_at] >> 6 {
+        0 => (1, usize::from(message[len_at] & 0x3f)),
+        1 => (
+            2,
+            usize::from(u16::from_be_bytes([
+                message[len_at] & 0x3f,
+                message[len_at + 1],
+            ])),
+        ),
+        n => panic!("unexpected varint prefix {n} for a group id"),
+    };
+    let at = len_at + prefix + len;
+    let mut out = message.to_vec();
+    out[at..at + 8].copy_from_slice(&epoch.to_be_bytes());
+    out
+}
+
+/// The `epoch` field of a JSON error response, if any (asserting it is a number if present).
+pub fn error_epoch(resp: &Resp) -> Option<u64> {
+    let json = resp.json();
+    json["error"].get("epoch").map(|e| {
+        e.as_u64()
+            .unwrap_or_else(|| panic!("epoch not a u64: {json}"))
+    })
 }
