@@ -4,6 +4,17 @@
 use dm_tests::{RecordingProxy, Relay, User, files_under, scan_files};
 use serde_json::Value;
 
+/// A relay and two registered users, alice and bob, in a fresh temporary directory.
+fn two_users() -> (tempfile::TempDir, Relay, User, User) {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"));
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&relay.url());
+    bob.init(&relay.url());
+    (tmp, relay, alice, bob)
+}
+
 fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
     messages
         .iter()
@@ -253,12 +264,7 @@ fn wrong_passphrase_is_refused_and_changes_nothing() {
 /// next message still arrives.
 #[test]
 fn losing_a_commit_race_recovers_and_delivers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&tmp.path().join("relay"));
-    let alice = User::new(tmp.path(), "alice");
-    let bob = User::new(tmp.path(), "bob");
-    alice.init(&relay.url());
-    bob.init(&relay.url());
+    let (_tmp, mut relay, alice, bob) = two_users();
     alice.ok(&["send", "bob", "hello"]);
     assert_eq!(texts_from(&bob.messages(), "alice"), ["hello"]);
 
@@ -291,12 +297,7 @@ fn losing_a_commit_race_recovers_and_delivers() {
 /// recognised and ignored, nothing is lost, and alice's next message still decrypts.
 #[test]
 fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start(&tmp.path().join("relay"));
-    let alice = User::new(tmp.path(), "alice");
-    let bob = User::new(tmp.path(), "bob");
-    alice.init(&relay.url());
-    bob.init(&relay.url());
+    let (_tmp, mut relay, alice, bob) = two_users();
     alice.ok(&["send", "bob", "one"]);
 
     // Play the hostile relay: write straight into bob's mailbox while the relay is down.
@@ -372,12 +373,7 @@ fn chat_sends_typed_lines_and_shows_incoming_messages() {
     use std::io::{BufRead as _, Write as _};
     use std::process::{Command, Stdio};
 
-    let tmp = tempfile::tempdir().unwrap();
-    let relay = Relay::start(&tmp.path().join("relay"));
-    let alice = User::new(tmp.path(), "alice");
-    let bob = User::new(tmp.path(), "bob");
-    alice.init(&relay.url());
-    bob.init(&relay.url());
+    let (_tmp, _relay, alice, bob) = two_users();
 
     let mut chat = Command::new(dm_tests::binary("dm"))
         .arg("--home")

@@ -27,6 +27,18 @@ impl Raw {
     }
 }
 
+async fn challenge(raw: &Raw, handle: &Handle, device_id: DeviceId) -> ChallengeResponse {
+    let request = ChallengeRequest {
+        handle: handle.clone(),
+        device_id,
+    };
+    raw.post("/v1/auth/challenge", &request)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn error_code(resp: reqwest::Response) -> (u16, ErrorCode) {
     let status = resp.status().as_u16();
     let body: ErrorBody = resp.json().await.expect("errors are JSON ErrorBody");
@@ -98,23 +110,12 @@ async fn unauthenticated_and_replayed_requests_are_refused() {
     assert_eq!(error_code(resp).await, (401, ErrorCode::Unauthenticated));
 
     // A correct login works once; the same signed request replayed is refused.
-    let ch: ChallengeResponse = raw
-        .post(
-            "/v1/auth/challenge",
-            &ChallengeRequest {
-                handle: handle.clone(),
-                device_id,
-            },
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let challenge: [u8; 32] = ch.challenge.clone().try_into().unwrap();
+    let ch = challenge(&raw, &handle, device_id).await;
+    let nonce: [u8; 32] = ch.challenge.clone().try_into().unwrap();
     let sig = sign_labeled(
         &device,
         auth::SESSION_LABEL,
-        &auth::session_body(&handle, &device_id, &challenge),
+        &auth::session_body(&handle, &device_id, &nonce),
     );
     let login = SessionRequest {
         handle: handle.clone(),
@@ -137,19 +138,8 @@ async fn unauthenticated_and_replayed_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let ch: ChallengeResponse = raw
-        .post(
-            "/v1/auth/challenge",
-            &ChallengeRequest {
-                handle: handle.clone(),
-                device_id,
-            },
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let challenge: [u8; 32] = ch.challenge.clone().try_into().unwrap();
+    let ch = challenge(&raw, &handle, device_id).await;
+    let nonce: [u8; 32] = ch.challenge.clone().try_into().unwrap();
     let intruder = SigningKey::from_bytes(&[42; 32]);
     let forged = SessionRequest {
         handle: handle.clone(),
@@ -158,7 +148,7 @@ async fn unauthenticated_and_replayed_requests_are_refused() {
         signature: sign_labeled(
             &intruder,
             auth::SESSION_LABEL,
-            &auth::session_body(&handle, &device_id, &challenge),
+            &auth::session_body(&handle, &device_id, &nonce),
         )
         .to_vec(),
     };
