@@ -140,11 +140,13 @@ impl Relay {
         self.start_again();
     }
 
-    /// Whether the relay's log contains `text`.
-    pub fn log_contains(&self, text: &str) -> bool {
+    /// How many lines of the relay's log contain every one of `parts`.
+    pub fn log_lines_with(&self, parts: &[&str]) -> usize {
         std::fs::read_to_string(self.dir.join("relay.log"))
-            .map(|log| log.contains(text))
-            .unwrap_or(false)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| parts.iter().all(|p| line.contains(p)))
+            .count()
     }
 
     /// Paths of the relay's database files (main file, WAL, shared memory) and its log.

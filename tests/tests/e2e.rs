@@ -286,9 +286,10 @@ fn losing_a_commit_race_recovers_and_delivers() {
     assert_eq!(texts_from(&alice.messages(), "bob"), ["after the race"]);
     alice.ok(&["send", "bob", "and back"]);
     assert_eq!(texts_from(&bob.messages(), "alice"), ["and back"]);
-    assert!(
-        relay.log_contains("409"),
-        "the relay answered the losing commit with 409"
+    assert_eq!(
+        relay.log_lines_with(&["route=/v1/messages", "status=409"]),
+        1,
+        "the relay answered the losing commit, and only it, with 409"
     );
 }
 

@@ -23,11 +23,13 @@ async fn main() -> ExitCode {
 }
 
 /// Logs go to stderr (stdout carries only the "listening" line); `RUST_LOG` overrides the
-/// default level `info`.
+/// default level `info`. Colours only on a terminal: log files and journals get plain text.
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
