@@ -16,7 +16,7 @@ use rusqlite::Connection;
 
 use crate::db;
 use crate::error::Error;
-use crate::events::{Event, SentMessage, StoredMessage, WhoAmI};
+use crate::events::{Event, EventBatch, SentMessage, StoredMessage, WhoAmI};
 use crate::store::{JsonCodec, Store};
 use crate::transport::Transport;
 
@@ -242,12 +242,34 @@ impl Client {
     }
 
     /// Sends the outbox, fetches and processes every waiting envelope, acknowledges them,
-    /// and tops up key packages. Returns the events since the last call.
+    /// and tops up key packages. Returns the events since the last call and forgets them.
+    ///
+    /// An app that must not miss an event if it crashes before showing it uses
+    /// [`Client::sync_events`] and [`Client::acknowledge_events`] instead.
     pub async fn sync(&self) -> Result<Vec<Event>, Error> {
+        let batch = self.sync_events().await?;
+        self.acknowledge_events(&batch).await?;
+        Ok(batch.events)
+    }
+
+    /// Like [`Client::sync`], but the events stay queued until
+    /// [`Client::acknowledge_events`]: delivery to the app is at least once. After a crash
+    /// between the two calls, the next call returns the same events again (each message
+    /// event carries its message id, to recognise a repeat).
+    pub async fn sync_events(&self) -> Result<EventBatch, Error> {
         let _op = self.operation().await?;
         self.flush_outbox().await?;
         self.sync_mailbox().await?;
-        self.blocking(|store, _| store.transaction(|conn, _| db::drain_events(conn)))
+        let (events, up_to) = self
+            .blocking(|store, _| db::queued_events(store.conn()))
+            .await?;
+        Ok(EventBatch { events, up_to })
+    }
+
+    /// Forgets the events of a batch (and any earlier ones): the app has shown or stored them.
+    pub async fn acknowledge_events(&self, batch: &EventBatch) -> Result<(), Error> {
+        let up_to = batch.up_to;
+        self.blocking(move |store, _| db::delete_events_up_to(store.conn(), up_to))
             .await
     }
 

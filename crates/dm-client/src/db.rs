@@ -648,20 +648,35 @@ pub(crate) fn queue_event(conn: &Connection, event: &Event) -> Result<()> {
     Ok(())
 }
 
-/// Removes and returns every queued event, oldest first.
-pub(crate) fn drain_events(conn: &Connection) -> Result<Vec<Event>> {
+/// Every queued event, oldest first, with the queue position of the last one (0 if none).
+pub(crate) fn queued_events(conn: &Connection) -> Result<(Vec<Event>, i64)> {
     let mut stmt = conn
-        .prepare("SELECT event FROM event_queue ORDER BY id")
+        .prepare("SELECT id, event FROM event_queue ORDER BY id")
         .map_err(store_error)?;
-    let events = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(store_error)?
-        .map(|r| {
-            let json = r.map_err(store_error)?;
-            serde_json::from_str(&json).map_err(|_| corrupt("queued event"))
-        })
-        .collect::<Result<Vec<Event>>>()?;
-    conn.execute("DELETE FROM event_queue", [])
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
         .map_err(store_error)?;
+    let mut events = Vec::new();
+    let mut last = 0;
+    for row in rows {
+        let (id, json) = row.map_err(store_error)?;
+        events.push(serde_json::from_str(&json).map_err(|_| corrupt("queued event"))?);
+        last = id;
+    }
+    Ok((events, last))
+}
+
+/// Forgets the queued events up to and including position `up_to`.
+pub(crate) fn delete_events_up_to(conn: &Connection, up_to: i64) -> Result<()> {
+    conn.execute("DELETE FROM event_queue WHERE id <= ?", [up_to])
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Removes and returns every queued event, oldest first.
+#[cfg(test)]
+pub(crate) fn drain_events(conn: &Connection) -> Result<Vec<Event>> {
+    let (events, last) = queued_events(conn)?;
+    delete_events_up_to(conn, last)?;
     Ok(events)
 }

@@ -103,3 +103,13 @@ pub struct WhoAmI {
     /// The account key's fingerprint (`AccountKey::fingerprint`).
     pub fingerprint: String,
 }
+
+/// Events returned by [`crate::Client::sync_events`], still queued until acknowledged.
+#[derive(Clone, Debug)]
+pub struct EventBatch {
+    /// The events, oldest first.
+    pub events: Vec<Event>,
+    /// Queue position of the last event (what [`crate::Client::acknowledge_events`] forgets
+    /// up to).
+    pub(crate) up_to: i64,
+}

@@ -47,4 +47,4 @@ pub use dm_wire::api::ErrorCode;
 pub use dm_wire::{DeviceId, GroupId, Handle, MessageId};
 pub use e2ee_core::RecoveryCode;
 pub use error::Error;
-pub use events::{Event, ReceivedMessage, SentMessage, StoredMessage, WhoAmI};
+pub use events::{Event, EventBatch, ReceivedMessage, SentMessage, StoredMessage, WhoAmI};

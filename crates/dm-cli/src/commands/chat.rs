@@ -34,15 +34,17 @@ pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
                 }
             }
             _ = ticker.tick() => {
-                match client.sync().await {
-                    Ok(events) => {
+                match client.sync_events().await {
+                    Ok(batch) => {
                         // Everything that arrives is shown, other conversations included
                         // (each line names its sender): `dm inbox` shows only what is new.
-                        for event in &events {
+                        for event in &batch.events {
                             if let Some(line) = output::event_text(event) {
                                 println!("{line}");
                             }
                         }
+                        std::io::Write::flush(&mut std::io::stdout())?;
+                        client.acknowledge_events(&batch).await?;
                     }
                     Err(e) => eprintln!("{}", output::render_error(&e.into())),
                 }

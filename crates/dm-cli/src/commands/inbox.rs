@@ -5,9 +5,9 @@ use dm_client::Client;
 use crate::output;
 
 pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
-    let events = client.sync().await?;
+    let batch = client.sync_events().await?;
     let mut shown = 0usize;
-    for event in &events {
+    for event in &batch.events {
         if json {
             println!("{}", output::event_json(event));
         } else if let Some(line) = output::event_text(event) {
@@ -20,5 +20,9 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
     if !json && shown == 0 {
         println!("No new messages.");
     }
+    // Only what reached stdout is forgotten: if `dm` dies before this point, the next
+    // `dm inbox` shows the same events again rather than never.
+    std::io::Write::flush(&mut std::io::stdout())?;
+    client.acknowledge_events(&batch).await?;
     Ok(())
 }
