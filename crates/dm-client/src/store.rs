@@ -126,14 +126,7 @@ impl Store {
         let key = derive_key(passphrase, &meta.kdf)?;
         write_meta(home, &meta)?;
         let conn = Connection::open(home.join(DB_FILE)).map_err(store_error)?;
-        let mut store = Self {
-            conn,
-            home: home.to_path_buf(),
-        };
-        store.unlock(&key)?;
-        store.configure()?;
-        store.migrate()?;
-        Ok(store)
+        Self::ready(conn, home, &key)
     }
 
     /// Opens an existing store: [`Error::NoAccount`] if there is none,
@@ -160,11 +153,17 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(store_error)?;
+        Self::ready(conn, home, &key)
+    }
+
+    /// Unlocks a freshly opened connection, applies the pragmas and brings the schema up to
+    /// date.
+    fn ready(conn: Connection, home: &Path, key: &[u8; 32]) -> Result<Self, Error> {
         let mut store = Self {
             conn,
             home: home.to_path_buf(),
         };
-        store.unlock(&key)?;
+        store.unlock(key)?;
         store.configure()?;
         store.migrate()?;
         Ok(store)

@@ -60,14 +60,7 @@ async fn commits_welcomes_conflicts_and_retries() {
     );
     assert_eq!(relay.mailbox(&bob, 0).await.envelopes.len(), 1);
     // The same id for other bytes is refused.
-    let mut reused = send_request(
-        encode(
-            alice_group
-                .create_message(&alice.provider, &alice.signer, b"x")
-                .unwrap(),
-        ),
-        None,
-    );
+    let mut reused = send_request(alice.message(&mut alice_group, b"x"), None);
     reused.id = first.id;
     relay
         .send(&alice, &reused)
@@ -110,11 +103,7 @@ async fn commits_welcomes_conflicts_and_retries() {
     assert_eq!(alice_group.epoch().as_u64(), 2);
 
     // Application messages go to every member but the sender.
-    let hello = encode(
-        alice_group
-            .create_message(&alice.provider, &alice.signer, b"hello bob")
-            .unwrap(),
-    );
+    let hello = alice.message(&mut alice_group, b"hello bob");
     let resp = relay.send(&alice, &send_request(hello.clone(), None)).await;
     assert_eq!(
         resp.parse::<SendResponse>(),
@@ -149,22 +138,14 @@ async fn commits_welcomes_conflicts_and_retries() {
         .build(&carol.provider, &carol.signer, carol.credential.clone())
         .unwrap();
     let mut carol_group = carol_group;
-    let spoof = encode(
-        carol_group
-            .create_message(&carol.provider, &carol.signer, b"hi")
-            .unwrap(),
-    );
+    let spoof = carol.message(&mut carol_group, b"hi");
     relay
         .send(&carol, &send_request(spoof, None))
         .await
         .assert_error(403, "not_member");
     // An application message cannot create a group.
     let mut lonely = carol.create_group();
-    let msg = encode(
-        lonely
-            .create_message(&carol.provider, &carol.signer, b"hi")
-            .unwrap(),
-    );
+    let msg = carol.message(&mut lonely, b"hi");
     relay
         .send(&carol, &send_request(msg, None))
         .await
@@ -273,11 +254,7 @@ async fn mailbox_sequence_fetch_ack_and_restart() {
     let (mut alice_group, mut bob_group) = support::pair(&relay, &alice, &bob).await;
 
     for text in ["one", "two", "three"] {
-        let msg = encode(
-            alice_group
-                .create_message(&alice.provider, &alice.signer, text.as_bytes())
-                .unwrap(),
-        );
+        let msg = alice.message(&mut alice_group, text.as_bytes());
         relay
             .send(&alice, &send_request(msg, None))
             .await
@@ -342,11 +319,7 @@ async fn mailbox_sequence_fetch_ack_and_restart() {
     // After a restart on the same file, sessions, groups and counters are intact and
     // sequence numbers are never reused.
     let relay = relay.restart().await;
-    let msg = encode(
-        alice_group
-            .create_message(&alice.provider, &alice.signer, b"four")
-            .unwrap(),
-    );
+    let msg = alice.message(&mut alice_group, b"four");
     let resp = relay.send(&alice, &send_request(msg, None)).await;
     assert_eq!(resp.parse::<SendResponse>().epoch, 1);
     let mail = relay.mailbox(&bob, 0).await;
@@ -562,11 +535,7 @@ async fn removed_devices_must_be_other_current_members() {
     }
     // Nothing was applied: bob got nothing and is still a member; the epoch is unchanged.
     assert!(relay.mailbox(&bob, 0).await.envelopes.is_empty());
-    let hello = encode(
-        bob_group
-            .create_message(&bob.provider, &bob.signer, b"still here")
-            .unwrap(),
-    );
+    let hello = bob.message(&mut bob_group, b"still here");
     relay
         .send(&bob, &send_request(hello, None))
         .await
@@ -589,11 +558,7 @@ async fn removed_devices_must_be_other_current_members() {
     let resp = relay.send(&alice, &req).await;
     assert_eq!(resp.parse::<SendResponse>().epoch, 2);
     assert_eq!(relay.mailbox(&bob, 0).await.envelopes.len(), 1);
-    let late = encode(
-        bob_group
-            .create_message(&bob.provider, &bob.signer, b"gone")
-            .unwrap(),
-    );
+    let late = bob.message(&mut bob_group, b"gone");
     relay
         .send(&bob, &send_request(late, None))
         .await
@@ -652,11 +617,7 @@ async fn epoch_conflict_tells_the_current_epoch_and_epochs_never_wrap() {
     bob_group
         .clear_pending_commit(bob.provider.storage())
         .unwrap();
-    let hello = encode(
-        bob_group
-            .create_message(&bob.provider, &bob.signer, b"hello")
-            .unwrap(),
-    );
+    let hello = bob.message(&mut bob_group, b"hello");
     for epoch in [3, (1 << 63) - 1, 1 << 63, u64::MAX] {
         let resp = relay
             .send(&bob, &send_request(with_epoch(&hello, epoch), None))
@@ -685,11 +646,7 @@ async fn mailbox_cursors_and_limits_do_not_wrap() {
     let bob = Device::join("bob", &relay).await;
     let (mut alice_group, _bob_group) = support::pair(&relay, &alice, &bob).await;
     for text in ["one", "two"] {
-        let msg = encode(
-            alice_group
-                .create_message(&alice.provider, &alice.signer, text.as_bytes())
-                .unwrap(),
-        );
+        let msg = alice.message(&mut alice_group, text.as_bytes());
         relay
             .send(&alice, &send_request(msg, None))
             .await
@@ -751,11 +708,7 @@ async fn a_commit_past_the_storable_epoch_is_a_conflict() {
         .unwrap();
     let top = u64::try_from(i64::MAX).unwrap();
 
-    let hello = encode(
-        alice_group
-            .create_message(&alice.provider, &alice.signer, b"hi")
-            .unwrap(),
-    );
+    let hello = alice.message(&mut alice_group, b"hi");
     let resp = relay
         .send(&alice, &send_request(with_epoch(&hello, top), None))
         .await;

@@ -402,6 +402,15 @@ impl Device {
             .expect("group")
     }
 
+    /// Encrypts an application message in `group`: the TLS-encoded PrivateMessage.
+    pub fn message(&self, group: &mut MlsGroup, text: &[u8]) -> Vec<u8> {
+        encode(
+            group
+                .create_message(&self.provider, &self.signer, text)
+                .expect("application message"),
+        )
+    }
+
     /// Joins a group from a TLS-encoded Welcome.
     pub fn join_group(&self, welcome: &[u8]) -> MlsGroup {
         let MlsMessageBodyIn::Welcome(welcome) = decode(welcome).extract() else {
