@@ -250,6 +250,64 @@ pub mod retention {
     pub const SENT_MESSAGE_SECS: u64 = IDEMPOTENCY_RETENTION_SECS;
 }
 
+/// Limits a store enforces, set by the operator (see the relay's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Envelopes a device's mailbox may hold. Further envelopes for a full mailbox are not
+    /// stored; the device's `dropped` counter counts them, so it learns what it missed.
+    pub mailbox_quota: u32,
+    /// An unacknowledged envelope is deleted after this many seconds.
+    pub envelope_retention_secs: u64,
+    /// Key package claims one device may make per hour, over all targets (beyond: refused,
+    /// rate limited).
+    pub claims_per_requester_per_hour: u32,
+    /// One-time key packages handed out per target account per hour; beyond this, claims
+    /// get the target devices' last-resort packages, so a conversation can still start but
+    /// the one-time stock cannot be drained.
+    pub one_time_claims_per_target_per_hour: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            mailbox_quota: 10_000,
+            envelope_retention_secs: retention::ENVELOPE_SECS,
+            claims_per_requester_per_hour: 120,
+            one_time_claims_per_target_per_hour: 30,
+        }
+    }
+}
+
+/// A signal that new envelopes wait, published to every relay instance sharing the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// This device's mailbox has an envelope with this sequence number.
+    Mailbox {
+        /// The device.
+        device_id: DeviceId,
+        /// The envelope's sequence number.
+        seq: u64,
+    },
+    /// Signals may have been lost (a listener reconnected or lagged): every subscriber
+    /// should check its mailbox.
+    Resync,
+}
+
+/// Counts for the relay's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Registered devices.
+    pub devices: u64,
+    /// Envelopes waiting in all mailboxes.
+    pub envelopes: u64,
+    /// Unclaimed, unexpired one-time key packages of all devices.
+    pub one_time_key_packages: u64,
+    /// Devices without an unclaimed, unexpired one-time key package.
+    pub devices_without_one_time_key_packages: u64,
+}
+
 /// What [`Store::create_account`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registration {
@@ -340,6 +398,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a device's envelopes with `seq <= up_to`.
     fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
+
+    /// Succeeds when the database answers (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Counts for the metrics.
+    fn stats(&self, now: u64) -> StoreFuture<'_, StoreStats>;
 
     /// Deletes expired challenges, sessions and key packages, old claimed key packages and
     /// claim records, envelopes and idempotency records past their [`retention`].

@@ -17,7 +17,8 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{
     Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, Registration,
-    SendOutcome, Store, StoreError, StoreFuture, StoredEnvelope, SweepStats, retention, sequence,
+    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope, SweepStats, retention,
+    sequence,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -663,6 +664,41 @@ impl Store for SqliteStore {
                 .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self, now: u64) -> StoreFuture<'_, StoreStats> {
+        Box::pin(async move {
+            let (accounts, devices, envelopes, one_time, without): (i64, i64, i64, i64, i64) =
+                sqlx::query_as(
+                    "SELECT \
+                       (SELECT COUNT(*) FROM accounts), \
+                       (SELECT COUNT(*) FROM devices), \
+                       (SELECT COUNT(*) FROM mailbox), \
+                       (SELECT COUNT(*) FROM key_packages WHERE last_resort = 0 \
+                          AND claimed_at IS NULL AND not_after > ?1), \
+                       (SELECT COUNT(*) FROM devices d WHERE NOT EXISTS ( \
+                          SELECT 1 FROM key_packages k WHERE k.device_id = d.device_id \
+                            AND k.last_resort = 0 AND k.claimed_at IS NULL \
+                            AND k.not_after > ?1))",
+                )
+                .bind(int(now))
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(StoreStats {
+                accounts: uint(accounts, "count")?,
+                devices: uint(devices, "count")?,
+                envelopes: uint(envelopes, "count")?,
+                one_time_key_packages: uint(one_time, "count")?,
+                devices_without_one_time_key_packages: uint(without, "count")?,
+            })
         })
     }
 
