@@ -21,6 +21,8 @@ pub struct ApiError {
     message: Cow<'static, str>,
     /// The group's current epoch, answered with `epoch_conflict` only.
     epoch: Option<u64>,
+    /// The stored device list, answered with `stale_device_list` only.
+    device_list: Option<Vec<u8>>,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             code,
             message: message.into(),
             epoch: None,
+            device_list: None,
         }
     }
 
@@ -43,6 +46,7 @@ impl ApiError {
             )
             .into(),
             epoch: Some(current),
+            device_list: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message.into_owned(),
                 epoch: self.epoch,
+                device_list: self.device_list,
             },
         };
         let mut response = (status, Json(body)).into_response();
@@ -184,6 +189,26 @@ impl From<StoreError> for ApiError {
                 ErrorCode::IdReused,
                 "the message id was used before for a different message",
             ),
+            StoreError::WrongAccountKey => Self::new(
+                ErrorCode::InvalidSignature,
+                "the device list is not signed by the account's key",
+            ),
+            StoreError::StaleDeviceList {
+                current,
+                device_list,
+            } => Self {
+                device_list: Some(device_list),
+                ..Self::new(
+                    ErrorCode::StaleDeviceList,
+                    format!(
+                        "the account's device list has sequence {current} already; publish a later one"
+                    ),
+                )
+            },
+            StoreError::DeviceKeyChanged => {
+                Self::invalid_request("a registered device's key cannot change")
+            }
+            StoreError::LinkSlotTaken => Self::invalid_request("this link slot is in use"),
             err @ (StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)) => {
                 Self::internal(err)
             }

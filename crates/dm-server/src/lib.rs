@@ -90,11 +90,21 @@ impl AppState {
 
 /// The relay's HTTP API (see [`dm_wire::api`]) over `state`.
 pub fn app(state: AppState) -> Router {
-    use crate::routes::{accounts, auth, key_packages, mailbox, messages};
+    use crate::routes::{accounts, auth, devices, key_packages, mailbox, messages};
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/accounts", post(accounts::register))
-        .route("/v1/accounts/{handle}", get(accounts::show))
+        .route(
+            "/v1/accounts/{handle}",
+            get(accounts::show).delete(devices::delete_account),
+        )
+        .route("/v1/accounts/{handle}/device-list", post(devices::publish))
+        .route("/v1/device-lists", post(devices::lists))
+        .route(
+            "/v1/links/{slot}",
+            get(devices::get_slot).put(devices::put_request),
+        )
+        .route("/v1/links/{slot}/response", post(devices::put_response))
         .route(
             "/v1/accounts/{handle}/key-packages/claim",
             post(key_packages::claim),

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod devices;
 pub mod key_packages;
 pub mod mailbox;
 pub mod messages;

@@ -69,6 +69,24 @@ pub enum StoreError {
     /// The message id was used before by this device for different bytes.
     #[error("message id reused")]
     IdReused,
+    /// A published device list is signed by another key than the account's.
+    #[error("device list signed by another account key")]
+    WrongAccountKey,
+    /// A published device list's sequence is not greater than the stored one.
+    #[error("stale device list (stored sequence {current})")]
+    StaleDeviceList {
+        /// The stored list's sequence.
+        current: u64,
+        /// The stored encoded list (returned to the publisher, who proved possession of
+        /// the account key, so that a recovering device can build on it).
+        device_list: Vec<u8>,
+    },
+    /// A published device list gives a registered device another key.
+    #[error("a device's key cannot change")]
+    DeviceKeyChanged,
+    /// A link slot is in use.
+    #[error("link slot in use")]
+    LinkSlotTaken,
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -104,6 +122,31 @@ pub struct Account {
     pub handle: Handle,
     /// The current encoded device list.
     pub device_list: Vec<u8>,
+}
+
+/// A new device list for an existing account, already verified by the caller.
+#[derive(Clone, Debug)]
+pub struct DeviceListUpdate {
+    /// The account.
+    pub handle: Handle,
+    /// The key that signed the list; must be the account's registered key.
+    pub account_key: [u8; 32],
+    /// The encoded list.
+    pub device_list: Vec<u8>,
+    /// Its sequence; must exceed the stored list's.
+    pub sequence: u64,
+    /// Every device of the list with its key.
+    pub devices: Vec<(DeviceId, [u8; 32])>,
+}
+
+/// What a device list update changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceListChange {
+    /// Devices registered by the update.
+    pub added: Vec<DeviceId>,
+    /// Devices deleted by the update (with their sessions, key packages, mailboxes and
+    /// group memberships).
+    pub removed: Vec<DeviceId>,
 }
 
 /// A registered device.
@@ -230,6 +273,8 @@ pub struct SweepStats {
     pub envelopes: u64,
     /// Idempotency records older than their retention.
     pub sent_messages: u64,
+    /// Expired device-link slots.
+    pub link_slots: u64,
 }
 
 /// How long the relay keeps things, in seconds. All of them are the one published
@@ -399,14 +444,57 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a device's envelopes with `seq <= up_to`.
     fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
 
+    /// Replaces an account's device list (see [`DeviceListUpdate`]) in one transaction:
+    /// registers the devices new in the list and deletes the devices absent from it.
+    /// Fails with [`StoreError::UnknownHandle`], [`StoreError::WrongAccountKey`],
+    /// [`StoreError::StaleDeviceList`], [`StoreError::DeviceTaken`] (a new device's id
+    /// belongs to another account) or [`StoreError::DeviceKeyChanged`].
+    fn update_device_list(
+        &self,
+        update: DeviceListUpdate,
+        now: u64,
+    ) -> StoreFuture<'_, DeviceListChange>;
+
+    /// Deletes an account with all its devices (and their sessions, key packages,
+    /// mailboxes and group memberships). The handle becomes free. Fails with
+    /// [`StoreError::UnknownHandle`].
+    fn delete_account<'a>(&'a self, handle: &'a Handle) -> StoreFuture<'a, ()>;
+
+    /// Stores a link request in a free (or expired) slot until `expires_at` (unix
+    /// seconds). Fails with [`StoreError::LinkSlotTaken`].
+    fn put_link_request(
+        &self,
+        slot: [u8; 16],
+        request: Vec<u8>,
+        now: u64,
+        expires_at: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// The request and response (if any) of an unexpired slot.
+    fn link_slot(
+        &self,
+        slot: [u8; 16],
+        now: u64,
+    ) -> StoreFuture<'_, Option<(Vec<u8>, Option<Vec<u8>>)>>;
+
+    /// Stores the response of an unexpired slot that has none yet; returns false if there
+    /// is no such slot.
+    fn put_link_response(
+        &self,
+        slot: [u8; 16],
+        response: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool>;
+
     /// Succeeds when the database answers (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
 
     /// Counts for the metrics.
     fn stats(&self, now: u64) -> StoreFuture<'_, StoreStats>;
 
-    /// Deletes expired challenges, sessions and key packages, old claimed key packages and
-    /// claim records, envelopes and idempotency records past their [`retention`].
+    /// Deletes expired challenges, sessions, key packages and link slots, old claimed key
+    /// packages and claim records, envelopes and idempotency records past their
+    /// [`retention`].
     fn sweep(&self, now: u64) -> StoreFuture<'_, SweepStats>;
 }
 

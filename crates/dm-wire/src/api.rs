@@ -13,6 +13,12 @@
 //! | POST | `/v1/messages` | session | [`SendRequest`] | [`SendResponse`] |
 //! | GET | `/v1/mailbox?after=SEQ&limit=N` | session | - | [`MailboxResponse`] |
 //! | POST | `/v1/mailbox/ack` | session | [`AckRequest`] | 204 |
+//! | POST | `/v1/accounts/{handle}/device-list` | none (signed by the account key) | [`PublishDeviceListRequest`] | [`AccountResponse`] |
+//! | DELETE | `/v1/accounts/{handle}` | session (a device of the account) | - | 204 |
+//! | POST | `/v1/device-lists` | session | [`DeviceListsRequest`] | [`DeviceListsResponse`] |
+//! | PUT | `/v1/links/{slot}` | none | [`LinkRequestBody`] | 204 |
+//! | GET | `/v1/links/{slot}` | none | - | [`LinkSlot`] |
+//! | POST | `/v1/links/{slot}/response` | session | [`LinkResponseBody`] | 204 |
 //! | GET | `/healthz` | none | - | 200 `ok` |
 //!
 //! "session" means the header `Authorization: Bearer <token>` with a token from
@@ -56,6 +62,71 @@ pub mod limits {
     /// accepted is recognised for as long as its envelopes can still be waiting in a
     /// mailbox. A client retrying a send after this long can no longer rely on it.
     pub const IDEMPOTENCY_RETENTION_SECS: u64 = MAILBOX_RETENTION_SECS;
+    /// Seconds a device-link slot lives at the relay.
+    pub const LINK_TTL_SECS: u64 = 600;
+    /// Largest link request or response, in bytes.
+    pub const MAX_LINK_BYTES: usize = 12 * 1024;
+    /// Most handles in one [`super::DeviceListsRequest`].
+    pub const MAX_DEVICE_LIST_HANDLES: usize = 100;
+}
+
+/// Publishes a new device list of an account (a device linked, revoked, or added by
+/// recovery). Needs no session: the list is signed by the account key, which the relay
+/// checks against the registered one, and its sequence must exceed the stored list's
+/// (else 409 [`ErrorCode::StaleDeviceList`]). Devices new in the list are registered (their
+/// ids must be unused); devices absent from it are deleted with their sessions, key
+/// packages, mailboxes and group memberships.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishDeviceListRequest {
+    /// The encoded [`crate::cert::DeviceList`].
+    #[serde(with = "crate::b64")]
+    pub device_list: Vec<u8>,
+}
+
+/// Asks for the current device lists of several accounts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceListsRequest {
+    /// At most [`limits::MAX_DEVICE_LIST_HANDLES`] handles.
+    pub handles: Vec<Handle>,
+}
+
+/// The current device lists of the requested accounts that exist (unknown handles are
+/// left out).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceListsResponse {
+    /// One entry per known account.
+    pub accounts: Vec<AccountResponse>,
+}
+
+/// A new device's link request, left at a slot (see PROTOCOL.md, "Linking a device").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkRequestBody {
+    /// The encoded, code-authenticated link request (opaque to the relay).
+    #[serde(with = "crate::b64")]
+    pub request: Vec<u8>,
+}
+
+/// An approving device's sealed link response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkResponseBody {
+    /// The HPKE-sealed link response (opaque to the relay).
+    #[serde(with = "crate::b64")]
+    pub response: Vec<u8>,
+}
+
+/// The content of a link slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkSlot {
+    /// The new device's request.
+    #[serde(with = "crate::b64")]
+    pub request: Vec<u8>,
+    /// The approving device's response, once there is one.
+    #[serde(
+        default,
+        with = "crate::b64::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response: Option<Vec<u8>>,
 }
 
 /// Registers a new account with its first device.
@@ -291,6 +362,8 @@ pub enum ErrorCode {
     EpochConflict,
     /// The message id was used before for a different message (409).
     IdReused,
+    /// A published device list's sequence is not greater than the stored list's (409).
+    StaleDeviceList,
     /// The body exceeds a size limit (413).
     PayloadTooLarge,
     /// The route does not exist (404).
@@ -321,7 +394,8 @@ impl ErrorCode {
             ErrorCode::HandleTaken
             | ErrorCode::TooManyKeyPackages
             | ErrorCode::EpochConflict
-            | ErrorCode::IdReused => 409,
+            | ErrorCode::IdReused
+            | ErrorCode::StaleDeviceList => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -345,6 +419,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::EpochConflict => "epoch_conflict",
             ErrorCode::IdReused => "id_reused",
+            ErrorCode::StaleDeviceList => "stale_device_list",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -373,6 +448,14 @@ pub struct ErrorDetail {
     /// With `epoch_conflict`: the group's current epoch at the relay. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// With `stale_device_list`: the account's stored encoded device list (the publisher
+    /// proved possession of the account key). Absent otherwise.
+    #[serde(
+        default,
+        with = "crate::b64::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_list: Option<Vec<u8>>,
 }
 
 #[cfg(test)]
@@ -407,6 +490,7 @@ mod tests {
                 code: ErrorCode::EpochConflict,
                 message: "later".into(),
                 epoch: Some(7),
+                device_list: None,
             },
         };
         let json = serde_json::to_value(&conflict).unwrap();
@@ -418,6 +502,7 @@ mod tests {
             code: ErrorCode::Internal,
             message: "x".into(),
             epoch: None,
+            device_list: None,
         };
         let json = serde_json::to_value(&other).unwrap();
         assert_eq!(

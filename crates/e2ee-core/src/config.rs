@@ -8,11 +8,11 @@
 //! * The ratchet tree travels in the Welcome (`use_ratchet_tree_extension`), so the relay
 //!   need not store trees.
 //! * Leaf capabilities list [`ExtensionType::LastResort`], without which a last-resort key
-//!   package fails validation.
+//!   package fails validation, and the group metadata extension [`GROUP_META_EXTENSION`].
 
 use openmls::prelude::{
-    Capabilities, Ciphersuite, ExtensionType, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsGroupJoinConfigBuilder, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+    Capabilities, Ciphersuite, ExtensionType, Extensions, GroupContext, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsGroupJoinConfigBuilder, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 
 /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519` (0x0003).
@@ -22,11 +22,18 @@ pub const CIPHERSUITE: Ciphersuite =
 /// How many past epochs keep their message secrets.
 pub const MAX_PAST_EPOCHS: usize = 5;
 
+/// The private-use MLS extension type of the group metadata ([`crate::group::GroupMeta`]:
+/// administrator and name) in the group context of group conversations.
+pub const GROUP_META_EXTENSION: u16 = 0xF0D1;
+
 /// The capabilities advertised in every leaf node this client creates (group creation and
 /// key packages): openmls' defaults plus the last-resort extension.
 pub fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .extensions(vec![ExtensionType::LastResort])
+        .extensions(vec![
+            ExtensionType::LastResort,
+            ExtensionType::Unknown(GROUP_META_EXTENSION),
+        ])
         .build()
 }
 
@@ -47,7 +54,14 @@ pub fn join_config() -> MlsGroupJoinConfig {
 
 /// The configuration used when creating a conversation.
 pub fn create_config() -> MlsGroupCreateConfig {
+    create_config_with(Extensions::empty())
+}
+
+/// The configuration used when creating a conversation whose group context carries
+/// `extensions` (the group metadata of group conversations).
+pub fn create_config_with(extensions: Extensions<GroupContext>) -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
+        .with_group_context_extensions(extensions)
         .ciphersuite(CIPHERSUITE)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)

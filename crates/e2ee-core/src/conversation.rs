@@ -20,19 +20,22 @@ use dm_wire::GroupId;
 use dm_wire::credential::CredentialIdentity;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    GroupId as MlsGroupId, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal, ProtocolMessage, Sender,
-    StagedCommit, StagedWelcome, Welcome,
+    Extension, Extensions, GroupId as MlsGroupId, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, Proposal,
+    ProtocolMessage, Sender, StagedCommit, StagedWelcome, UnknownExtension, Welcome,
 };
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
-use crate::config::{CIPHERSUITE, create_config, join_config};
+use crate::config::{
+    CIPHERSUITE, GROUP_META_EXTENSION, create_config, create_config_with, join_config,
+};
 use crate::content::{Content, ContentError};
 use crate::device::Device;
 use crate::directory::{CredentialError, Directory, identity_of, verify_credential, verify_leaf};
 use crate::error::Error;
+use crate::group::GroupMeta;
 use crate::key_package::ValidatedKeyPackage;
 use crate::mls_errors as map;
 
@@ -54,6 +57,8 @@ pub struct OutgoingCommit {
     pub welcome: Option<Vec<u8>>,
     /// The devices the commit adds.
     pub added: Vec<CredentialIdentity>,
+    /// The devices the commit removes (for the relay's `removed_devices`).
+    pub removed: Vec<CredentialIdentity>,
 }
 
 /// What processing one incoming message did.
@@ -92,6 +97,17 @@ pub enum Event {
         /// Whether this device was removed (the conversation is then inactive).
         self_removed: bool,
     },
+    /// A member asked to remove one of its own account's devices (it leaves the
+    /// conversation, or drops a device). The proposal is stored; the next commit of any
+    /// member carries it out.
+    RemovalProposed {
+        /// The conversation.
+        group: GroupId,
+        /// The proposing device.
+        proposer: CredentialIdentity,
+        /// The device to remove (of the proposer's account).
+        removed: CredentialIdentity,
+    },
     /// A message this device sent, echoed back; nothing to do.
     OwnMessage {
         /// The conversation.
@@ -125,6 +141,72 @@ impl Conversation {
         )
         .map_err(map::new_group)?;
         Ok(Self { group })
+    }
+
+    /// Creates a group conversation administered by this device's account, with this
+    /// device as its only member, carrying `name` in its group context.
+    ///
+    /// **Mutates storage.**
+    pub fn create_group<P: OpenMlsProvider>(
+        provider: &P,
+        device: &Device,
+        name: &str,
+    ) -> Result<Self, Error> {
+        GroupMeta::check_name(name)?;
+        let meta = GroupMeta {
+            admin: device.handle().clone(),
+            name: name.to_owned(),
+        };
+        let extensions = Extensions::single(Extension::Unknown(
+            GROUP_META_EXTENSION,
+            UnknownExtension(meta.encode()),
+        ))
+        .map_err(Error::internal)?;
+        let id = provider
+            .rand()
+            .random_vec(GROUP_ID_LEN)
+            .map_err(|e| Error::internal(format!("randomness failed: {e:?}")))?;
+        let group = MlsGroup::new_with_group_id(
+            provider,
+            device.signer(),
+            &create_config_with(extensions),
+            MlsGroupId::from_slice(&id),
+            device.credential_with_key(),
+        )
+        .map_err(map::new_group)?;
+        Ok(Self { group })
+    }
+
+    /// The group metadata (administrator and name), `None` for a 1:1 conversation. A
+    /// metadata extension that does not decode is an error.
+    pub fn meta(&self) -> Result<Option<GroupMeta>, Error> {
+        self.group
+            .extensions()
+            .unknown(GROUP_META_EXTENSION)
+            .map(|e| GroupMeta::decode(&e.0))
+            .transpose()
+    }
+
+    /// The group code of the current epoch ([`crate::safety::group_code`]).
+    pub fn group_code(&self) -> String {
+        crate::safety::group_code(
+            self.group.group_id().as_slice(),
+            self.epoch(),
+            self.group.epoch_authenticator().as_slice(),
+        )
+    }
+
+    /// This device's own identity in the group, if it is a member.
+    pub fn own_identity(&self) -> Option<CredentialIdentity> {
+        self.group
+            .credential()
+            .ok()
+            .and_then(|c| identity_of(c).ok())
+    }
+
+    /// Whether removals proposed by members wait for a commit.
+    pub fn has_pending_proposals(&self) -> bool {
+        self.group.has_pending_proposals()
     }
 
     /// Loads a conversation from storage, if it exists.
@@ -213,16 +295,119 @@ impl Conversation {
                 p.identity().handle
             )));
         }
-        let key_packages: Vec<_> = packages.iter().map(|p| p.key_package().clone()).collect();
-        let (commit, welcome, _group_info) = self
+        self.commit_changes(provider, device, packages, &[])
+    }
+
+    /// Stages one commit that adds the devices of validated key packages, removes the given
+    /// member devices, and carries out every removal proposed by members (see
+    /// [`Event::RemovalProposed`]). With nothing to add or remove and no pending proposal
+    /// it fails with [`Error::Misuse`].
+    ///
+    /// **Mutates storage.**
+    pub fn commit_changes<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        device: &Device,
+        add: &[ValidatedKeyPackage],
+        remove: &[CredentialIdentity],
+    ) -> Result<OutgoingCommit, Error> {
+        self.ensure_no_pending_commit()?;
+        if add.is_empty() && remove.is_empty() && !self.group.has_pending_proposals() {
+            return Err(Error::misuse("nothing to commit"));
+        }
+        let members = self.members();
+        if let Some(p) = add.iter().find(|p| members.contains(p.identity())) {
+            return Err(Error::misuse(format!(
+                "device {} of {} is already a member",
+                p.identity().device_id,
+                p.identity().handle
+            )));
+        }
+        let own = self.own_identity();
+        let mut indices = Vec::with_capacity(remove.len());
+        for id in remove {
+            if own.as_ref() == Some(id) {
+                return Err(Error::misuse(
+                    "a device cannot remove itself; leave instead",
+                ));
+            }
+            let index = self
+                .group
+                .members()
+                .find(|m| identity_of(&m.credential).ok().as_ref() == Some(id))
+                .map(|m| m.index)
+                .ok_or_else(|| {
+                    Error::misuse(format!(
+                        "device {} of {} is not a member",
+                        id.device_id, id.handle
+                    ))
+                })?;
+            indices.push(index);
+        }
+        let bundle = self
             .group
-            .add_members(provider, device.signer(), &key_packages)
-            .map_err(map::add_members)?;
+            .commit_builder()
+            .consume_proposal_store(true)
+            .propose_adds(add.iter().map(|p| p.key_package().clone()))
+            .propose_removals(indices)
+            .load_psks(provider.storage())
+            .map_err(|e| Error::storage(format!("{e:?}")))?
+            .build(provider.rand(), provider.crypto(), device.signer(), |_| {
+                true
+            })
+            .map_err(map::create_commit)?
+            .stage_commit(provider)
+            .map_err(map::stage_commit)?;
+        let welcome = bundle.to_welcome_msg().map(|w| encode(&w)).transpose()?;
+        let commit = encode(bundle.commit())?;
+        let (added, removed) = self
+            .group
+            .pending_commit()
+            .map(|staged| self.commit_changes_unchecked(staged))
+            .unwrap_or_default();
         Ok(OutgoingCommit {
-            commit: encode(&commit)?,
-            welcome: Some(encode(&welcome)?),
-            added: packages.iter().map(|p| p.identity().clone()).collect(),
+            commit,
+            welcome,
+            added,
+            removed,
         })
+    }
+
+    /// Proposes the removal of every device of this device's account (this device last):
+    /// the account leaves the conversation once another member commits the proposals.
+    /// Returns the encoded proposals, to send in order.
+    ///
+    /// **Mutates storage.**
+    pub fn propose_leave<P: OpenMlsProvider>(
+        &mut self,
+        provider: &P,
+        device: &Device,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        self.ensure_no_pending_commit()?;
+        let me = self
+            .own_identity()
+            .ok_or_else(|| Error::misuse("not a member"))?;
+        let others: Vec<LeafNodeIndex> = self
+            .group
+            .members()
+            .filter(|m| m.index != self.group.own_leaf_index())
+            .filter(|m| identity_of(&m.credential).is_ok_and(|id| id.handle == me.handle))
+            .map(|m| m.index)
+            .collect();
+        let mut out = Vec::with_capacity(others.len() + 1);
+        for index in others {
+            let (message, _) = self
+                .group
+                .propose_remove_member(provider, device.signer(), index)
+                .map_err(|e| Error::internal(format!("cannot propose a removal: {e}")))?;
+            out.push(encode(&message)?);
+        }
+        let message = self
+            .group
+            .leave_group(provider, device.signer())
+            .map_err(|e| Error::internal(format!("cannot propose leaving: {e}")))?;
+        out.push(encode(&message)?);
+        Ok(out)
     }
 
     /// Stages a commit that renews this device's leaf keys (post-compromise security).
@@ -239,10 +424,16 @@ impl Conversation {
             .self_update(provider, device.signer(), LeafNodeParameters::default())
             .map_err(map::self_update)?;
         let welcome = bundle.to_welcome_msg().map(|w| encode(&w)).transpose()?;
+        let (added, removed) = self
+            .group
+            .pending_commit()
+            .map(|staged| self.commit_changes_unchecked(staged))
+            .unwrap_or_default();
         Ok(OutgoingCommit {
             commit: encode(bundle.commit())?,
             welcome,
-            added: vec![],
+            added,
+            removed,
         })
     }
 
@@ -340,10 +531,38 @@ impl Conversation {
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 self.apply_commit(provider, directory, sender_index, *staged)
             }
-            ProcessedMessageContent::ProposalMessage(_)
-            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Ok(Event::Ignored {
+            ProcessedMessageContent::ProposalMessage(queued) => {
+                // Only one kind of standalone proposal is used: a member removing a device
+                // of its own account (leaving the conversation).
+                let Proposal::Remove(remove) = queued.proposal() else {
+                    return Ok(Event::Ignored {
+                        group,
+                        reason: "only removal proposals are used by this protocol",
+                    });
+                };
+                let proposer = self.verify_member(directory, sender_index)?;
+                let member = self
+                    .group
+                    .member_at(remove.removed())
+                    .ok_or_else(|| Error::not_allowed("removal of an empty leaf"))?;
+                let removed = identity_of(&member.credential)?;
+                if removed.handle != proposer.handle {
+                    return Err(Error::not_allowed(
+                        "a member may only propose removing its own account's devices",
+                    ));
+                }
+                self.group
+                    .store_pending_proposal(provider.storage(), *queued)
+                    .map_err(Error::storage)?;
+                Ok(Event::RemovalProposed {
+                    group,
+                    proposer,
+                    removed,
+                })
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => Ok(Event::Ignored {
                 group,
-                reason: "standalone proposals are not used by this protocol",
+                reason: "external proposals are not used by this protocol",
             }),
             ProcessedMessageContent::OwnPendingCommit => {
                 // Our own pending commit, fanned back by the relay: it was accepted.
@@ -391,24 +610,57 @@ impl Conversation {
         staged: StagedCommit,
     ) -> Result<Event, Error> {
         let committer = self.verify_member(directory, sender_index)?;
+        let admin = self.meta()?.map(|m| m.admin);
+        let committer_is_admin = admin.as_ref() == Some(&committer.handle);
+        let accounts_before: Vec<dm_wire::Handle> =
+            self.members().into_iter().map(|m| m.handle).collect();
         let mut added = Vec::new();
         let mut removed = Vec::new();
         for queued in staged.queued_proposals() {
             match queued.proposal() {
                 Proposal::Add(add) => {
                     let leaf = add.key_package().leaf_node();
-                    added.push(verify_leaf(
+                    let id = verify_leaf(
                         directory,
                         leaf.credential(),
                         leaf.signature_key().as_slice(),
-                    )?);
+                    )?;
+                    if !committer_is_admin && !accounts_before.contains(&id.handle) {
+                        return Err(Error::not_allowed(
+                            "only the group's administrator may add accounts",
+                        ));
+                    }
+                    added.push(id);
                 }
                 Proposal::Remove(remove) => {
                     let member = self
                         .group
                         .member_at(remove.removed())
                         .ok_or_else(|| Error::not_allowed("removal of an empty leaf"))?;
-                    removed.push(identity_of(&member.credential)?);
+                    let id = identity_of(&member.credential)?;
+                    let proposer = match *queued.sender() {
+                        Sender::Member(index) => self
+                            .group
+                            .member_at(index)
+                            .and_then(|m| identity_of(&m.credential).ok()),
+                        _ => None,
+                    };
+                    let own_account = committer.handle == id.handle
+                        || proposer.is_some_and(|p| p.handle == id.handle);
+                    if !own_account && !committer_is_admin {
+                        // Anyone may remove a device its account no longer lists.
+                        let listed = directory
+                            .device_list(&id.handle)?
+                            .is_some_and(|list| list.device(&id.device_id).is_some());
+                        if listed {
+                            return Err(CredentialError::StillListed {
+                                handle: id.handle,
+                                device_id: id.device_id,
+                            }
+                            .into());
+                        }
+                    }
+                    removed.push(id);
                 }
                 Proposal::Update(update) => {
                     let Sender::Member(proposer) = *queued.sender() else {

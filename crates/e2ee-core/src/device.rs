@@ -65,6 +65,32 @@ impl Device {
         })
     }
 
+    /// Installs a device whose key was generated elsewhere (a linked device: its key was
+    /// drawn while waiting for approval) with its certificate.
+    ///
+    /// **Mutates storage**: writes the signature key pair into the provider's storage.
+    pub fn install<P: OpenMlsProvider>(
+        provider: &P,
+        secret: &[u8; 32],
+        certificate: DeviceCertificate,
+    ) -> Result<Self, Error> {
+        let key = SigningKey::from_bytes(secret);
+        let public = key.verifying_key().to_bytes();
+        if public != certificate.device_key {
+            return Err(Error::misuse("the certificate is for another device key"));
+        }
+        let signer = SignatureKeyPair::from_raw(
+            CIPHERSUITE.signature_algorithm(),
+            key.to_bytes().to_vec(),
+            public.to_vec(),
+        );
+        signer.store(provider.storage()).map_err(Error::storage)?;
+        Ok(Self {
+            certificate,
+            signer,
+        })
+    }
+
     /// Loads the device whose certificate is given; its signature key must be in `storage`.
     pub fn load(
         storage: &impl StorageProvider<CURRENT_VERSION>,

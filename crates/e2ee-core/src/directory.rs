@@ -85,6 +85,18 @@ pub enum CredentialError {
     /// A device list is malformed or its signatures do not verify.
     #[error("invalid device list: {0}")]
     InvalidDeviceList(dm_wire::Error),
+    /// A commit removes a device that its account still lists, and the committer may not
+    /// remove it (see [`crate::group`]). The receiver's copy of the list may be stale:
+    /// fetch the account's list and retry once.
+    #[error(
+        "device {device_id} of {handle} is still in its account's device list; only its account or the group's administrator may remove it"
+    )]
+    StillListed {
+        /// The account.
+        handle: Handle,
+        /// The device.
+        device_id: DeviceId,
+    },
     /// A member tried to change its identity in an update.
     #[error("a member's update changes its identity")]
     IdentityChanged,

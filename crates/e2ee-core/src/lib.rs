@@ -10,6 +10,9 @@
 //! - [`key_package`]: key packages to upload, validation of claimed ones.
 //! - [`directory`]: the authentication service (credentials against signed device lists).
 //! - [`conversation`]: conversations on MLS groups: create, invite, commit, encrypt, process.
+//! - [`group`]: group metadata and the membership policy.
+//! - [`link`]: linking a new device with a one-time code.
+//! - [`safety`]: safety numbers, group codes and key fingerprints.
 //! - [`content`]: the versioned, padded application content format.
 //! - [`config`]: the MLS parameters.
 //!
@@ -24,10 +27,13 @@ pub mod conversation;
 pub mod device;
 pub mod directory;
 pub mod error;
+pub mod group;
 pub mod identity;
 pub mod key_package;
+pub mod link;
 mod mls_errors;
 pub mod provider;
+pub mod safety;
 #[cfg(test)]
 mod test_support;
 

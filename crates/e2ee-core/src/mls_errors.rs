@@ -6,7 +6,7 @@
 use std::fmt::Display;
 
 use openmls::prelude::{
-    AddMembersError, CreateMessageError, MergeCommitError, MergePendingCommitError, NewGroupError,
+    CreateMessageError, MergeCommitError, MergePendingCommitError, NewGroupError,
     ProcessMessageError, SelfUpdateError, WelcomeError,
 };
 
@@ -20,11 +20,13 @@ pub(crate) fn new_group<E: Display>(e: NewGroupError<E>) -> Error {
     }
 }
 
-pub(crate) fn add_members<E: Display>(e: AddMembersError<E>) -> Error {
+pub(crate) fn create_commit(e: openmls::prelude::CreateCommitError) -> Error {
+    Error::internal(format!("cannot build the commit: {e}"))
+}
+
+pub(crate) fn stage_commit<E: Display>(e: openmls::group::CommitBuilderStageError<E>) -> Error {
     match e {
-        AddMembersError::StorageError(s) => Error::storage(s),
-        AddMembersError::GroupStateError(g) => Error::misuse(g),
-        AddMembersError::EmptyInput(i) => Error::misuse(i),
+        openmls::group::CommitBuilderStageError::KeyStoreError(s) => Error::storage(s),
         other => Error::internal(other),
     }
 }

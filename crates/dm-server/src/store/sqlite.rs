@@ -16,9 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, Registration,
-    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope, SweepStats, retention,
-    sequence,
+    Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, NewAccount,
+    NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store, StoreError, StoreFuture,
+    StoreStats, StoredEnvelope, SweepStats, retention, sequence,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -528,21 +528,23 @@ impl Store for SqliteStore {
                 }
             }
 
-            // Only current members other than the sender can be taken off the list.
+            // Only current members other than the sender can be taken off the list. A
+            // device no longer registered (revoked: its account published a list without
+            // it) left every list already and is skipped.
             for dev in &msg.removed_devices {
                 if *dev == msg.sender {
                     return Err(StoreError::InvalidRemoval(
                         "removed_devices must not name the sending device",
                     ));
                 }
-                let on_list: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
+                let (on_list, registered): (i64, i64) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM group_members WHERE group_id = ?1 AND device_id = ?2),                             EXISTS (SELECT 1 FROM devices WHERE device_id = ?2)",
                 )
                 .bind(group)
                 .bind(dev.as_bytes().as_slice())
-                .fetch_optional(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-                if on_list.is_none() {
+                if on_list == 0 && registered != 0 {
                     return Err(StoreError::InvalidRemoval(
                         "every device in removed_devices must be on the group's delivery list",
                     ));
@@ -667,6 +669,180 @@ impl Store for SqliteStore {
         })
     }
 
+    fn update_device_list(
+        &self,
+        update: DeviceListUpdate,
+        now: u64,
+    ) -> StoreFuture<'_, DeviceListChange> {
+        Box::pin(async move {
+            let mut tx = self.write().await?;
+            let row: Option<(Vec<u8>, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT account_key, sequence, device_list FROM accounts WHERE handle = ?",
+            )
+            .bind(update.handle.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (key, sequence, stored) = row.ok_or(StoreError::UnknownHandle)?;
+            if key.as_slice() != update.account_key.as_slice() {
+                return Err(StoreError::WrongAccountKey);
+            }
+            let current = uint(sequence, "sequence")?;
+            if update.sequence <= current {
+                return Err(StoreError::StaleDeviceList {
+                    current,
+                    device_list: stored,
+                });
+            }
+            let existing: Vec<(Vec<u8>, Vec<u8>)> =
+                sqlx::query_as("SELECT device_id, device_key FROM devices WHERE handle = ?")
+                    .bind(update.handle.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut change = DeviceListChange::default();
+            for (id, key) in &update.devices {
+                match existing.iter().find(|(e, _)| e.as_slice() == id.as_bytes()) {
+                    Some((_, stored)) if stored.as_slice() != key.as_slice() => {
+                        return Err(StoreError::DeviceKeyChanged);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let taken: Option<i64> =
+                            sqlx::query_scalar("SELECT 1 FROM devices WHERE device_id = ?")
+                                .bind(id.as_bytes().as_slice())
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if taken.is_some() {
+                            return Err(StoreError::DeviceTaken);
+                        }
+                        sqlx::query(
+                            "INSERT INTO devices (device_id, handle, device_key, created_at)                              VALUES (?, ?, ?, ?)",
+                        )
+                        .bind(id.as_bytes().as_slice())
+                        .bind(update.handle.as_str())
+                        .bind(key.as_slice())
+                        .bind(int(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        change.added.push(*id);
+                    }
+                }
+            }
+            for (id, _) in &existing {
+                if !update
+                    .devices
+                    .iter()
+                    .any(|(d, _)| d.as_bytes() == id.as_slice())
+                {
+                    // Cascades to sessions, key packages, mailbox, delivery lists.
+                    sqlx::query("DELETE FROM devices WHERE device_id = ?")
+                        .bind(id.as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    change.removed.push(device_id(id)?);
+                }
+            }
+            sqlx::query("UPDATE accounts SET device_list = ?, sequence = ? WHERE handle = ?")
+                .bind(update.device_list.as_slice())
+                .bind(int(update.sequence))
+                .bind(update.handle.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(change)
+        })
+    }
+
+    fn delete_account<'a>(&'a self, handle_: &'a Handle) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.write().await?;
+            // Devices first (their cascades), then the account.
+            sqlx::query("DELETE FROM devices WHERE handle = ?")
+                .bind(handle_.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let deleted = sqlx::query("DELETE FROM accounts WHERE handle = ?")
+                .bind(handle_.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err(StoreError::UnknownHandle);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn put_link_request(
+        &self,
+        slot: [u8; 16],
+        request: Vec<u8>,
+        now: u64,
+        expires_at: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.write().await?;
+            sqlx::query("DELETE FROM link_slots WHERE slot = ? AND expires_at <= ?")
+                .bind(slot.as_slice())
+                .bind(int(now))
+                .execute(&mut *tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO link_slots (slot, request, expires_at) VALUES (?, ?, ?)                  ON CONFLICT (slot) DO NOTHING",
+            )
+            .bind(slot.as_slice())
+            .bind(request.as_slice())
+            .bind(int(expires_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Err(StoreError::LinkSlotTaken);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn link_slot(
+        &self,
+        slot: [u8; 16],
+        now: u64,
+    ) -> StoreFuture<'_, Option<(Vec<u8>, Option<Vec<u8>>)>> {
+        Box::pin(async move {
+            let row: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT request, response FROM link_slots WHERE slot = ? AND expires_at > ?",
+            )
+            .bind(slot.as_slice())
+            .bind(int(now))
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row)
+        })
+    }
+
+    fn put_link_response(
+        &self,
+        slot: [u8; 16],
+        response: Vec<u8>,
+        now: u64,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let mut tx = self.write().await?;
+            let updated = sqlx::query(
+                "UPDATE link_slots SET response = ?                  WHERE slot = ? AND expires_at > ? AND response IS NULL",
+            )
+            .bind(response.as_slice())
+            .bind(slot.as_slice())
+            .bind(int(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(updated == 1)
+        })
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -752,6 +928,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            let link_slots = sqlx::query("DELETE FROM link_slots WHERE expires_at <= ?")
+                .bind(now_i)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             tx.commit().await?;
             Ok(SweepStats {
                 challenges,
@@ -760,6 +941,7 @@ impl Store for SqliteStore {
                 key_package_claims,
                 envelopes,
                 sent_messages,
+                link_slots,
             })
         })
     }
