@@ -33,10 +33,14 @@ pub enum Command {
         /// The handle to register (3-32 of a-z, 0-9, _; starts with a letter).
         #[arg(long, value_name = "NAME")]
         handle: String,
+        /// Restore an existing account on this new device from its recovery code (read
+        /// from DM_RECOVERY_CODE or the terminal).
+        #[arg(long)]
+        recover: bool,
     },
-    /// Send a text message, starting the conversation if there is none.
+    /// Send a text message: to @handle (1:1, started if needed), or to a group by id or name.
     Send {
-        /// Recipient handle, with or without '@'.
+        /// Recipient: @handle, a group's id, or a group's name.
         handle: String,
         /// The message text.
         text: String,
@@ -54,9 +58,111 @@ pub enum Command {
     },
     /// Show this device's handle, device id, relay and account fingerprint.
     Whoami,
+    /// Link, approve, list and revoke this account's devices.
+    Device {
+        /// What to do.
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Show the safety number shared with HANDLE (compare it in person), or a group's code.
+    Verify {
+        /// The contact's handle.
+        #[arg(required_unless_present = "group")]
+        handle: Option<String>,
+        /// Mark the contact's key as verified (after comparing the safety number).
+        #[arg(long, requires = "handle")]
+        confirm: bool,
+        /// Show the code of a group conversation instead (all members compare it).
+        #[arg(long, value_name = "ID", conflicts_with = "handle")]
+        group: Option<String>,
+    },
+    /// Create and manage group conversations.
+    Group {
+        /// What to do.
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// List conversations with their members.
+    Conversations {
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete this account at the relay (all its devices); the handle becomes free.
+    DeleteAccount {
+        /// Confirm without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Rotate this device's keys in the conversation with HANDLE (post-compromise security).
     RotateKeys {
         /// The other person's handle.
         handle: String,
+    },
+}
+
+/// `dm device …`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// On a NEW device: print a one-time link code and wait for an existing device to
+    /// approve it.
+    Link {
+        /// Relay base URL, e.g. http://127.0.0.1:7878
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Seconds to wait for the approval.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// On an existing device: approve the new device showing CODE.
+    Approve {
+        /// The code the new device shows.
+        code: String,
+        /// Approve without asking (after comparing the fingerprint).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds to wait for the new device to come online and join the conversations.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List this account's devices with fingerprints and last activity.
+    List,
+    /// Revoke a device: it leaves every conversation and can no longer log in.
+    Revoke {
+        /// The device id (see `dm device list`).
+        id: String,
+    },
+}
+
+/// `dm group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group you administer.
+    Create {
+        /// The group's name.
+        name: String,
+        /// The members' handles.
+        #[arg(required = true)]
+        handles: Vec<String>,
+    },
+    /// Add people to a group you administer.
+    Add {
+        /// The group's id or name.
+        id: String,
+        /// The handles to add.
+        #[arg(required = true)]
+        handles: Vec<String>,
+    },
+    /// Remove someone from a group you administer.
+    Remove {
+        /// The group's id or name.
+        id: String,
+        /// The handle to remove.
+        handle: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group's id or name.
+        id: String,
     },
 }

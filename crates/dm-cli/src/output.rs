@@ -12,13 +12,45 @@ pub fn event_text(event: &Event) -> Option<String> {
             m.from,
             printable(&m.text)
         )),
-        Event::ConversationStarted { with, .. } => Some(format!(
-            "New conversation with {}.",
-            with.iter()
-                .map(|h| h.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        Event::ConversationStarted {
+            with,
+            name,
+            conversation,
+        } => Some(match name {
+            Some(name) => format!(
+                "New group \"{}\" ({conversation}) with {}.",
+                printable(name),
+                list(with)
+            ),
+            None => format!("New conversation with {}.", list(with)),
+        }),
+        Event::DevicesChanged {
+            handle,
+            added,
+            removed,
+            ..
+        } => {
+            let mut parts = Vec::new();
+            for d in added {
+                parts.push(format!("{handle} added a device ({d})"));
+            }
+            for d in removed {
+                parts.push(format!("{handle} removed a device ({d})"));
+            }
+            (!parts.is_empty()).then(|| format!("* {}.", parts.join("; ")))
+        }
+        Event::IdentityKeyChanged {
+            handle,
+            was_verified,
+        } => Some(if *was_verified {
+            format!(
+                "!!! WARNING: the account key of {handle} CHANGED after you verified it. Sending to {handle} is refused until you compare the new safety number (dm verify {handle}) and confirm it (dm verify {handle} --confirm)."
+            )
+        } else {
+            format!(
+                "!!! The account key of {handle} CHANGED (a new account under the same handle?). Compare the safety number: dm verify {handle}"
+            )
+        }),
         Event::MembersChanged { added, removed, .. } => {
             let mut parts = Vec::new();
             if !added.is_empty() {
@@ -54,10 +86,35 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "sent_at": m.sent_at,
             "received_at": m.received_at,
         }),
-        Event::ConversationStarted { conversation, with } => json!({
+        Event::ConversationStarted {
+            conversation,
+            with,
+            name,
+        } => json!({
             "type": "conversation_started",
             "conversation": conversation.to_hex(),
             "with": with.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            "name": name,
+        }),
+        Event::DevicesChanged {
+            conversation,
+            handle,
+            added,
+            removed,
+        } => json!({
+            "type": "devices_changed",
+            "conversation": conversation.to_hex(),
+            "handle": handle.as_str(),
+            "added": added.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+            "removed": removed.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+        }),
+        Event::IdentityKeyChanged {
+            handle,
+            was_verified,
+        } => json!({
+            "type": "identity_key_changed",
+            "handle": handle.as_str(),
+            "was_verified": was_verified,
         }),
         Event::MembersChanged {
             conversation,
@@ -108,6 +165,12 @@ pub fn render_error(error: &anyhow::Error) -> String {
             "Nothing was changed. Try again with the right passphrase (DM_PASSPHRASE or the prompt)."
         }
         dm_client::Error::UnknownHandle(_) => "Check the spelling of the handle.",
+        dm_client::Error::VerifiedKeyChanged(_) => {
+            "Nothing was sent. If the new key is genuine, confirm it with `dm verify HANDLE --confirm`."
+        }
+        dm_client::Error::Revoked => {
+            "Another device of your account revoked this one. Link it again with `dm device link` in a new home directory."
+        }
         dm_client::Error::HandleTaken(_) => "Choose another handle.",
         dm_client::Error::RelayUnreachable { .. } => {
             "Is the relay running and the URL right? Anything not yet sent is kept and goes out with the next command."

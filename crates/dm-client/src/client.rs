@@ -223,7 +223,12 @@ impl Client {
             )));
         }
         let _op = self.operation().await?;
-        self.flush_outbox().await?;
+        self.prepare_send().await?;
+        let to_check = to.clone();
+        self.blocking(move |store, _| {
+            crate::groups::check_not_blocked(store.conn(), std::slice::from_ref(&to_check))
+        })
+        .await?;
         let to_owned = to.clone();
         let group = match self
             .blocking(move |store, _| db::conversation_with(store.conn(), &to_owned))
@@ -260,6 +265,9 @@ impl Client {
         let _op = self.operation().await?;
         self.flush_outbox().await?;
         self.sync_mailbox().await?;
+        self.refresh_device_lists().await?;
+        self.reconcile().await?;
+        self.flush_outbox().await?;
         let (events, up_to) = self
             .blocking(|store, _| db::queued_events(store.conn()))
             .await?;
@@ -416,7 +424,7 @@ pub(crate) fn create_local(
     })
 }
 
-fn join_error(e: tokio::task::JoinError) -> Error {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> Error {
     Error::Internal(format!("background task failed: {e}"))
 }
 

@@ -71,6 +71,37 @@ pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>> {
     }))
 }
 
+/// The account secret (32 bytes).
+pub(crate) fn account_secret(conn: &Connection) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    let bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+        conn.query_row("SELECT account_secret FROM account WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .map_err(store_error)?,
+    );
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() != 32 {
+        return Err(corrupt("account secret"));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+/// Our current device list.
+pub(crate) fn own_list(conn: &Connection) -> Result<DeviceList> {
+    Ok(account(conn)?.ok_or(Error::NoAccount)?.device_list)
+}
+
+/// Replaces our device list (after linking, revoking, or learning a newer one).
+pub(crate) fn set_own_list(conn: &Connection, list: &DeviceList) -> Result<()> {
+    conn.execute(
+        "UPDATE account SET device_list = ? WHERE id = 1",
+        [list.encode()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
 // ---- relay --------------------------------------------------------------------------------
 
 /// Our state at the relay.
@@ -196,7 +227,44 @@ pub(crate) fn pin_device_list(
                 .map_err(|_| corrupt("pinned key"))
         })
         .transpose()?;
-    let list = verify_device_list(encoded, handle, pinned.as_ref())?;
+    let list = match verify_device_list(encoded, handle, None) {
+        Ok(list) => list,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(pinned) = pinned
+        && pinned != list.account_key
+    {
+        // A new account key under a known handle: the account was re-created (or the relay
+        // substitutes keys). Pin the new key, and flag the change: it is shown to the user,
+        // and if the old key was verified, sending is refused until the user confirms.
+        let verified: bool = conn
+            .query_row(
+                "SELECT verified FROM contacts WHERE handle = ?",
+                [handle.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(store_error)?;
+        conn.execute(
+            "UPDATE contacts SET account_key = ?, device_list = ?, device_list_sequence = ?,              pinned_at = ?, updated_at = ?, key_changed = 1, blocked = (blocked OR verified),              verified = 0 WHERE handle = ?",
+            params![
+                list.account_key.0.as_slice(),
+                encoded,
+                list.sequence as i64,
+                now_ms as i64,
+                now_ms as i64,
+                handle.as_str()
+            ],
+        )
+        .map_err(store_error)?;
+        queue_event(
+            conn,
+            &Event::IdentityKeyChanged {
+                handle: handle.clone(),
+                was_verified: verified,
+            },
+        )?;
+        return Ok(list);
+    }
     if let Some((_, stored)) = &existing {
         let stored_list = DeviceList::decode(stored).map_err(|_| corrupt("device list"))?;
         if stored_list.sequence > list.sequence {
@@ -244,6 +312,75 @@ pub(crate) fn pin_device_list(
     Ok(list)
 }
 
+/// What we know about a contact.
+pub(crate) struct ContactRow {
+    pub account_key: AccountKey,
+    pub device_list: DeviceList,
+    pub verified: bool,
+    pub key_changed: bool,
+    pub blocked: bool,
+}
+
+pub(crate) fn contact(conn: &Connection, handle: &Handle) -> Result<Option<ContactRow>> {
+    let row: Option<(Vec<u8>, Vec<u8>, bool, bool, bool)> = conn
+        .query_row(
+            "SELECT account_key, device_list, verified, key_changed, blocked FROM contacts              WHERE handle = ?",
+            [handle.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()
+        .map_err(store_error)?;
+    row.map(|(key, list, verified, key_changed, blocked)| {
+        Ok(ContactRow {
+            account_key: AccountKey(
+                <[u8; 32]>::try_from(key.as_slice()).map_err(|_| corrupt("pinned key"))?,
+            ),
+            device_list: DeviceList::decode(&list).map_err(|_| corrupt("device list"))?,
+            verified,
+            key_changed,
+            blocked,
+        })
+    })
+    .transpose()
+}
+
+/// The user confirmed the contact's current key: verified, no longer flagged.
+pub(crate) fn confirm_contact(conn: &Connection, handle: &Handle) -> Result<()> {
+    conn.execute(
+        "UPDATE contacts SET verified = 1, key_changed = 0, blocked = 0 WHERE handle = ?",
+        [handle.as_str()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// Records that a device was heard from.
+pub(crate) fn touch_device(
+    conn: &Connection,
+    handle: &Handle,
+    device: &DeviceId,
+    now_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO device_activity (device_id, handle, last_seen) VALUES (?, ?, ?)          ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+        params![device.as_bytes().as_slice(), handle.as_str(), now_ms as i64],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// When a device was last heard from (unix ms).
+pub(crate) fn device_last_seen(conn: &Connection, device: &DeviceId) -> Result<Option<u64>> {
+    conn.query_row(
+        "SELECT last_seen FROM device_activity WHERE device_id = ?",
+        [device.as_bytes().as_slice()],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.map(|t| t as u64))
+    .map_err(store_error)
+}
+
 /// The authentication service's view: our own device list and the contacts' lists.
 pub(crate) struct StoreDirectory<'c> {
     pub conn: &'c Connection,
@@ -287,7 +424,16 @@ pub(crate) enum ConversationState {
 }
 
 impl ConversationState {
-    fn as_str(self) -> &'static str {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => ConversationState::Pending,
+            "active" => ConversationState::Active,
+            "left" => ConversationState::Left,
+            _ => return Err(corrupt("conversation state")),
+        })
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConversationState::Pending => "pending",
             ConversationState::Active => "active",
@@ -312,6 +458,105 @@ pub(crate) fn insert_conversation(
             state.as_str(),
             now_ms as i64
         ],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// A conversation as listed to the user.
+pub(crate) struct ConversationRow {
+    pub group: GroupId,
+    pub name: Option<String>,
+    pub state: ConversationState,
+    pub leaving: bool,
+}
+
+type RawConversation = (Vec<u8>, Option<String>, String, bool);
+
+fn conversation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawConversation> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn conversation_row(
+    (group, name, state, leaving): (Vec<u8>, Option<String>, String, bool),
+) -> Result<ConversationRow> {
+    Ok(ConversationRow {
+        group: GroupId(group),
+        name,
+        state: ConversationState::parse(&state)?,
+        leaving,
+    })
+}
+
+/// Every conversation, oldest first.
+pub(crate) fn conversations(conn: &Connection) -> Result<Vec<ConversationRow>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT group_id, peer_handle, name, state, leaving, created_at FROM conversations              ORDER BY created_at, group_id",
+        )
+        .map_err(store_error)?;
+    let rows = stmt
+        .query_map([], conversation_from_row)
+        .map_err(store_error)?;
+    rows.map(|r| conversation_row(r.map_err(store_error)?))
+        .collect()
+}
+
+/// One conversation.
+pub(crate) fn conversation(conn: &Connection, group: &GroupId) -> Result<Option<ConversationRow>> {
+    conn.query_row(
+        "SELECT group_id, peer_handle, name, state, leaving, created_at FROM conversations          WHERE group_id = ?",
+        [group.as_bytes()],
+        conversation_from_row,
+    )
+    .optional()
+    .map_err(store_error)?
+    .map(conversation_row)
+    .transpose()
+}
+
+pub(crate) fn set_conversation_name(conn: &Connection, group: &GroupId, name: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET name = ? WHERE group_id = ?",
+        params![name, group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn set_leaving(conn: &Connection, group: &GroupId) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET leaving = 1 WHERE group_id = ?",
+        [group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// The post-compromise-security schedule of a conversation: when this device last renewed
+/// its leaf (unix ms; the creation time if never) and how many messages it sent since.
+pub(crate) fn update_schedule(conn: &Connection, group: &GroupId) -> Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT coalesce(updated_at, created_at), sent_since_update FROM conversations          WHERE group_id = ?",
+        [group.as_bytes()],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .map_err(store_error)
+}
+
+pub(crate) fn count_sent(conn: &Connection, group: &GroupId) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET sent_since_update = sent_since_update + 1 WHERE group_id = ?",
+        [group.as_bytes()],
+    )
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(crate) fn mark_updated(conn: &Connection, group: &GroupId, now_ms: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE conversations SET updated_at = ?, sent_since_update = 0 WHERE group_id = ?",
+        params![now_ms as i64, group.as_bytes()],
     )
     .map_err(store_error)?;
     Ok(())
@@ -499,6 +744,7 @@ pub(crate) fn history(
 pub(crate) enum OutboxKind {
     Application,
     Commit,
+    Proposal,
 }
 
 /// Which operation produced an outbox entry (what to redo after a commit conflict).
@@ -512,6 +758,15 @@ pub(crate) enum Purpose {
     Invite,
     /// A self-update commit.
     SelfUpdate,
+    /// The commit adding the first members to a group conversation we created.
+    GroupCreate,
+    /// A commit adding or removing accounts (the group's administrator).
+    Members,
+    /// A commit bringing the conversation in line with its members' device lists (adds
+    /// linked or recovered devices, removes revoked ones, carries out leave proposals).
+    Sync,
+    /// A proposal removing our account's devices (leaving).
+    Leave,
 }
 
 impl Purpose {
@@ -521,6 +776,10 @@ impl Purpose {
             Purpose::Create => "create",
             Purpose::Invite => "invite",
             Purpose::SelfUpdate => "self_update",
+            Purpose::GroupCreate => "group_create",
+            Purpose::Members => "members",
+            Purpose::Sync => "sync",
+            Purpose::Leave => "leave",
         }
     }
 
@@ -530,6 +789,10 @@ impl Purpose {
             "create" => Purpose::Create,
             "invite" => Purpose::Invite,
             "self_update" => Purpose::SelfUpdate,
+            "group_create" => Purpose::GroupCreate,
+            "members" => Purpose::Members,
+            "sync" => Purpose::Sync,
+            "leave" => Purpose::Leave,
             _ => return Err(corrupt("outbox purpose")),
         })
     }
@@ -546,6 +809,7 @@ pub(crate) struct OutboxEntry {
     pub peer: Option<Handle>,
     pub message: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
+    pub removed_devices: Vec<DeviceId>,
 }
 
 /// A new outbox entry.
@@ -557,17 +821,23 @@ pub(crate) struct NewOutbox<'a> {
     pub content_message_id: Option<MessageId>,
     pub message: &'a [u8],
     pub welcome: Option<&'a [u8]>,
+    pub removed_devices: &'a [DeviceId],
 }
 
 pub(crate) fn outbox_push(conn: &Connection, e: &NewOutbox<'_>, now_ms: u64) -> Result<()> {
-    let kind = if e.purpose == Purpose::Message {
-        "application"
-    } else {
-        "commit"
+    let kind = match e.purpose {
+        Purpose::Message => "application",
+        Purpose::Leave => "proposal",
+        _ => "commit",
     };
+    let removed: Vec<u8> = e
+        .removed_devices
+        .iter()
+        .flat_map(|d| d.as_bytes().iter().copied())
+        .collect();
     conn.execute(
         "INSERT INTO outbox (request_id, group_id, kind, purpose, peer_handle, content_message_id, \
-         message, welcome, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         message, welcome, removed_devices, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
             e.request_id.as_bytes().as_slice(),
             e.group.as_bytes(),
@@ -577,6 +847,7 @@ pub(crate) fn outbox_push(conn: &Connection, e: &NewOutbox<'_>, now_ms: u64) -> 
             e.content_message_id.map(|m| m.0.to_vec()),
             e.message,
             e.welcome,
+            (!removed.is_empty()).then_some(removed),
             now_ms as i64
         ],
     )
@@ -588,8 +859,8 @@ pub(crate) fn outbox_push(conn: &Connection, e: &NewOutbox<'_>, now_ms: u64) -> 
 pub(crate) fn outbox_first(conn: &Connection) -> Result<Option<OutboxEntry>> {
     let row = conn
         .query_row(
-            "SELECT id, request_id, group_id, kind, purpose, peer_handle, message, welcome \
-             FROM outbox ORDER BY id LIMIT 1",
+            "SELECT id, request_id, group_id, kind, purpose, peer_handle, message, welcome, \
+             removed_devices FROM outbox ORDER BY id LIMIT 1",
             [],
             |r| {
                 Ok((
@@ -601,12 +872,13 @@ pub(crate) fn outbox_first(conn: &Connection) -> Result<Option<OutboxEntry>> {
                     r.get::<_, Option<String>>(5)?,
                     r.get::<_, Vec<u8>>(6)?,
                     r.get::<_, Option<Vec<u8>>>(7)?,
+                    r.get::<_, Option<Vec<u8>>>(8)?,
                 ))
             },
         )
         .optional()
         .map_err(store_error)?;
-    let Some((id, request_id, group, kind, purpose, peer, message, welcome)) = row else {
+    let Some((id, request_id, group, kind, purpose, peer, message, welcome, removed)) = row else {
         return Ok(None);
     };
     Ok(Some(OutboxEntry {
@@ -616,12 +888,18 @@ pub(crate) fn outbox_first(conn: &Connection) -> Result<Option<OutboxEntry>> {
         kind: match kind.as_str() {
             "application" => OutboxKind::Application,
             "commit" => OutboxKind::Commit,
+            "proposal" => OutboxKind::Proposal,
             _ => return Err(corrupt("outbox kind")),
         },
         purpose: Purpose::parse(&purpose)?,
         peer: peer.map(handle).transpose()?,
         message,
         welcome,
+        removed_devices: removed
+            .unwrap_or_default()
+            .chunks(DeviceId::LEN)
+            .map(|c| DeviceId::from_slice(c).map_err(|_| corrupt("outbox removed devices")))
+            .collect::<Result<_>>()?,
     }))
 }
 

@@ -47,6 +47,18 @@ pub enum Error {
     /// No conversation with this account exists yet.
     #[error("no conversation with {0}")]
     NoConversation(Handle),
+    /// The conversation changed while an operation was sent (another member's commit won);
+    /// the operation was not applied.
+    #[error("{0}")]
+    Conflict(String),
+    /// This device was revoked: it is no longer in its account's device list.
+    #[error("this device was revoked from its account")]
+    Revoked,
+    /// Sending is refused: a contact's account key changed after it was verified.
+    #[error(
+        "the account key of {0} changed after you verified it; compare the new safety number (`dm verify {0}`) and confirm it before sending"
+    )]
+    VerifiedKeyChanged(Handle),
     /// The caller's input is not acceptable (for example a text that is too long).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -14,6 +14,30 @@ pub enum Event {
         conversation: GroupId,
         /// The other accounts in it.
         with: Vec<Handle>,
+        /// The group's name (group conversations only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A member account gained or lost devices in a conversation (a device was linked,
+    /// recovered or revoked).
+    DevicesChanged {
+        /// The conversation.
+        conversation: GroupId,
+        /// The account.
+        handle: Handle,
+        /// Devices added.
+        added: Vec<DeviceId>,
+        /// Devices removed.
+        removed: Vec<DeviceId>,
+    },
+    /// The account key of a contact changed: the account was re-created under the same
+    /// handle, or the relay substitutes keys. If the old key was verified, sending to the
+    /// contact is refused until the user verifies the new key.
+    IdentityKeyChanged {
+        /// The contact.
+        handle: Handle,
+        /// Whether the previous key had been verified.
+        was_verified: bool,
     },
     /// Accounts joined or left a conversation.
     MembersChanged {
@@ -101,6 +125,68 @@ pub struct WhoAmI {
     /// The relay's base URL.
     pub server: String,
     /// The account key's fingerprint (`AccountKey::fingerprint`).
+    pub fingerprint: String,
+}
+
+/// A conversation, as listed by [`crate::Client::conversations`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// The conversation.
+    pub id: GroupId,
+    /// The group's name; `None` for a 1:1 conversation.
+    pub name: Option<String>,
+    /// The group's administrator; `None` for a 1:1 conversation.
+    pub admin: Option<Handle>,
+    /// Every member account (this one included) with its devices in the conversation.
+    pub members: Vec<(Handle, Vec<DeviceId>)>,
+    /// `active`, `pending` or `left`.
+    pub state: String,
+    /// Whether this account asked to leave and waits for a member to commit it.
+    pub leaving: bool,
+    /// The MLS epoch this device is in.
+    pub epoch: u64,
+}
+
+/// One device of this account, as listed by [`crate::Client::devices`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device.
+    pub id: DeviceId,
+    /// Fingerprint of its signature key.
+    pub fingerprint: String,
+    /// When it was added (unix seconds, from its certificate).
+    pub added_at: u64,
+    /// When this device last heard from it (unix ms); `None` if never.
+    pub last_seen: Option<u64>,
+    /// Whether it is this device.
+    pub this_device: bool,
+}
+
+/// The verification state of a contact ([`crate::Client::verification`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// The contact.
+    pub handle: Handle,
+    /// The safety number: twelve groups of five digits.
+    pub safety_number: String,
+    /// The QR payload.
+    pub qr_payload: String,
+    /// Fingerprint of the contact's pinned account key.
+    pub fingerprint: String,
+    /// Whether the user confirmed this key.
+    pub verified: bool,
+    /// Whether the key changed since it was pinned or confirmed.
+    pub key_changed: bool,
+    /// Whether sending is refused until the user confirms (the key changed while verified).
+    pub blocked: bool,
+}
+
+/// A new device waiting for approval ([`crate::Client::inspect_link`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkApproval {
+    /// The new device's id.
+    pub device_id: DeviceId,
+    /// Fingerprint of the new device's key (the new device shows it too).
     pub fingerprint: String,
 }
 

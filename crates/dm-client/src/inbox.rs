@@ -20,7 +20,7 @@ use crate::client::{Client, Inner, now_ms};
 use crate::db::{self, ConversationState, NewMessage, StoreDirectory};
 use crate::error::Error;
 use crate::events::{Event, ReceivedMessage};
-use crate::outbox::refresh_members;
+use crate::outbox::{load, queue_device_changes, refresh_members};
 use crate::store::{MlsProvider, Store};
 
 /// Below this many one-time key packages at the relay, upload more.
@@ -125,7 +125,7 @@ impl Client {
     }
 
     /// Fetches, verifies and pins (or updates) an account's device list.
-    async fn fetch_device_list(&self, handle: &Handle) -> Result<(), Error> {
+    pub(crate) async fn fetch_device_list(&self, handle: &Handle) -> Result<(), Error> {
         let account = match authed!(self, |t, token| t.account(token, handle)).await {
             Err(Error::Relay {
                 code: dm_wire::api::ErrorCode::UnknownHandle,
@@ -201,10 +201,8 @@ pub(crate) fn process_envelope(
         return Ok(Outcome::Duplicate);
     }
     let result = store.transaction(|conn, provider| {
-        let directory = StoreDirectory {
-            conn,
-            own: &inner.own_list,
-        };
+        let own = db::own_list(conn)?;
+        let directory = StoreDirectory { conn, own: &own };
         // A panic inside the MLS library on hostile input must not wedge the mailbox: it
         // rejects this envelope like any other invalid one (the transaction rolls back).
         let event = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -226,7 +224,8 @@ pub(crate) fn process_envelope(
         Err(TxError::Core(e2ee_core::Error::UnknownAccount(h))) => Ok(Outcome::NeedAccount(h)),
         // The device may be newer than our copy of the account's device list: refetch once.
         Err(TxError::Core(e2ee_core::Error::InvalidInput(InvalidInput::Credential(
-            CredentialError::UnknownDevice { handle, .. },
+            CredentialError::UnknownDevice { handle, .. }
+            | CredentialError::StillListed { handle, .. },
         )))) => Ok(Outcome::NeedAccount(handle)),
         Err(TxError::Core(e2ee_core::Error::Storage(s))) => Err(Error::Store(s)),
         Err(TxError::Core(e)) => Ok(Outcome::Rejected(e.to_string())),
@@ -264,7 +263,11 @@ fn record(
     envelope: &Envelope,
 ) -> Result<(), Error> {
     match event {
-        CoreEvent::Joined { group, members, .. } => {
+        CoreEvent::Joined {
+            group,
+            members,
+            inviter,
+        } => {
             let mut with: Vec<Handle> = members
                 .iter()
                 .map(|m| m.handle.clone())
@@ -272,14 +275,26 @@ fn record(
                 .collect();
             with.sort();
             with.dedup();
-            let peer = (with.len() == 1).then(|| &with[0]);
+            let meta = load(provider, group)?.meta()?;
+            let peer = (meta.is_none() && with.len() == 1).then(|| &with[0]);
             db::insert_conversation(conn, group, peer, ConversationState::Active, now_ms())?;
             db::set_members(conn, group, &with)?;
+            db::touch_device(
+                conn,
+                &inviter.handle,
+                &inviter.device_id,
+                envelope.received_at,
+            )?;
+            let name = meta.map(|m| m.name);
+            if let Some(name) = &name {
+                db::set_conversation_name(conn, group, name)?;
+            }
             db::queue_event(
                 conn,
                 &Event::ConversationStarted {
                     conversation: group.clone(),
                     with,
+                    name,
                 },
             )
         }
@@ -288,6 +303,12 @@ fn record(
             sender,
             content,
         } => {
+            db::touch_device(
+                conn,
+                &sender.handle,
+                &sender.device_id,
+                envelope.received_at,
+            )?;
             let Some(text) = content.as_text() else {
                 return Ok(());
             };
@@ -320,7 +341,33 @@ fn record(
                 }),
             )
         }
-        CoreEvent::CommitApplied { group, .. } => refresh_members(conn, provider, me, group, true),
+        CoreEvent::CommitApplied {
+            group,
+            committer,
+            added,
+            removed,
+            ..
+        } => {
+            db::touch_device(
+                conn,
+                &committer.handle,
+                &committer.device_id,
+                envelope.received_at,
+            )?;
+            let before = db::members(conn, group)?;
+            refresh_members(conn, provider, me, group, true)?;
+            queue_device_changes(conn, provider, me, group, &before, added, removed)
+        }
+        CoreEvent::RemovalProposed { proposer, .. } => {
+            // Carried out by this device's next commit in the conversation (see
+            // `Client::reconcile`).
+            db::touch_device(
+                conn,
+                &proposer.handle,
+                &proposer.device_id,
+                envelope.received_at,
+            )
+        }
         CoreEvent::OwnMessage { .. } | CoreEvent::Ignored { .. } => Ok(()),
     }
 }

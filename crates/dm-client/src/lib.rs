@@ -31,8 +31,10 @@ mod macros;
 
 mod client;
 mod db;
+mod devices;
 pub mod error;
 pub mod events;
+mod groups;
 mod inbox;
 mod outbox;
 mod schema;
@@ -43,8 +45,13 @@ mod transport;
 mod tests;
 
 pub use client::{Client, CreateOptions};
+pub use devices::PendingDeviceLink;
 pub use dm_wire::api::ErrorCode;
 pub use dm_wire::{DeviceId, GroupId, Handle, MessageId};
 pub use e2ee_core::RecoveryCode;
 pub use error::Error;
-pub use events::{Event, EventBatch, ReceivedMessage, SentMessage, StoredMessage, WhoAmI};
+pub use events::{
+    ConversationInfo, DeviceInfo, Event, EventBatch, LinkApproval, ReceivedMessage, SentMessage,
+    StoredMessage, Verification, WhoAmI,
+};
+pub use groups::Target;

@@ -15,7 +15,8 @@
 //! * relay unreachable, rate limited or failing → the entry stays for a later call.
 
 use dm_wire::api::{ErrorCode, SendRequest};
-use dm_wire::{GroupId, Handle, MessageId};
+use dm_wire::credential::CredentialIdentity;
+use dm_wire::{DeviceId, GroupId, Handle, MessageId};
 use e2ee_core::key_package::validate_claimed;
 use e2ee_core::{Content, Conversation};
 use openmls_traits::OpenMlsProvider as _;
@@ -30,6 +31,10 @@ use crate::store::{MlsProvider, Store};
 
 /// How many commit conflicts one flush resolves before giving up.
 const MAX_CONFLICTS: usize = 5;
+/// A device renews its leaf in a conversation after sending this many messages there...
+pub(crate) const SELF_UPDATE_EVERY_MESSAGES: u64 = 50;
+/// ...or when its last renewal there is this old (unix ms), whichever comes first.
+pub(crate) const SELF_UPDATE_EVERY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Client {
     /// Sends every outbox entry (see the module documentation).
@@ -46,7 +51,7 @@ impl Client {
                 id: entry.request_id,
                 message: entry.message.clone(),
                 welcome: entry.welcome.clone(),
-                removed_devices: vec![],
+                removed_devices: entry.removed_devices.clone(),
             };
             match authed!(self, |t, token| t.send(token, &request)).await {
                 Ok(_) => {
@@ -56,7 +61,7 @@ impl Client {
                 Err(Error::Relay {
                     code: ErrorCode::EpochConflict,
                     ..
-                }) if entry.kind == OutboxKind::Commit && conflicts < MAX_CONFLICTS => {
+                }) if entry.kind != OutboxKind::Application && conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     tracing::debug!(group = %entry.group, "commit lost the epoch; retrying");
                     let lost = entry.clone();
@@ -140,9 +145,20 @@ impl Client {
                         content_message_id: Some(id),
                         message: &bytes,
                         welcome: None,
+                        removed_devices: &[],
                     },
                     sent_at,
                 )?;
+                // Post-compromise security: renew this device's leaf after enough time or
+                // enough messages (the commit follows the message in the outbox).
+                db::count_sent(conn, &group)?;
+                let (updated_at, sent) = db::update_schedule(conn, &group)?;
+                if sent >= SELF_UPDATE_EVERY_MESSAGES
+                    || sent_at.saturating_sub(updated_at) >= SELF_UPDATE_EVERY_MS
+                {
+                    let commit = conversation.self_update(provider, &inner.device)?;
+                    push_commit(conn, &group, Purpose::SelfUpdate, None, &commit)?;
+                }
                 Ok(SentMessage {
                     id,
                     conversation: group.clone(),
@@ -168,7 +184,7 @@ impl Client {
         .await
     }
 
-    /// Re-runs the operation whose commit lost the epoch.
+    /// Re-runs the operation whose commit (or proposal) lost the epoch.
     async fn redo(&self, entry: &OutboxEntry) -> Result<(), Error> {
         match (entry.purpose, &entry.peer) {
             (Purpose::SelfUpdate, _) => self.queue_self_update(entry.group.clone()).await,
@@ -176,8 +192,53 @@ impl Client {
                 self.queue_invite(entry.group.clone(), peer, entry.purpose)
                     .await
             }
+            (Purpose::Leave, _) => self.queue_leave(entry.group.clone(), true).await,
+            (Purpose::Members, _) => Err(Error::Conflict(
+                "the conversation changed while your change was sent; check `dm conversations` and try again"
+                    .into(),
+            )),
+            // Device reconciliation runs again at the next sync or send.
             _ => Ok(()),
         }
+    }
+
+    /// Proposes removing all of our devices from a conversation (leaving). With `again`,
+    /// only if we are still leaving and still a member (a commit dropped the proposals).
+    pub(crate) async fn queue_leave(&self, group: GroupId, again: bool) -> Result<(), Error> {
+        self.blocking(move |store, inner| {
+            store.transaction(|conn, provider| {
+                let row = db::conversation(conn, &group)?
+                    .ok_or_else(|| Error::InvalidInput(format!("no conversation {group}")))?;
+                if again && !row.leaving {
+                    return Ok(());
+                }
+                let mut conversation = load(provider, &group)?;
+                if !conversation.is_active() {
+                    return Ok(());
+                }
+                if conversation.has_pending_commit() {
+                    conversation.clear_pending_commit(provider)?;
+                }
+                for proposal in conversation.propose_leave(provider, &inner.device)? {
+                    db::outbox_push(
+                        conn,
+                        &NewOutbox {
+                            request_id: MessageId(random_16()),
+                            group: &group,
+                            purpose: Purpose::Leave,
+                            peer: None,
+                            content_message_id: None,
+                            message: &proposal,
+                            welcome: None,
+                            removed_devices: &[],
+                        },
+                        now_ms(),
+                    )?;
+                }
+                db::set_leaving(conn, &group)
+            })
+        })
+        .await
     }
 
     /// Claims the peer's key packages again and queues a commit adding the devices not yet
@@ -213,7 +274,7 @@ impl Client {
         .await
     }
 
-    async fn claim(&self, peer: &Handle) -> Result<dm_wire::api::ClaimResponse, Error> {
+    pub(crate) async fn claim(&self, peer: &Handle) -> Result<dm_wire::api::ClaimResponse, Error> {
         match authed!(self, |t, token| t.claim(token, peer)).await {
             Err(Error::Relay {
                 code: ErrorCode::UnknownHandle,
@@ -230,11 +291,26 @@ fn accepted(store: &mut Store, inner: &Inner, entry: &OutboxEntry) -> Result<(),
         if entry.kind == OutboxKind::Commit
             && let Some(mut conversation) = Conversation::load(provider.storage(), &entry.group)?
         {
-            conversation.merge_pending_commit(provider)?;
-            if entry.purpose == Purpose::Create {
+            let before = db::members(conn, &entry.group)?;
+            let merged = conversation.merge_pending_commit(provider)?;
+            if matches!(entry.purpose, Purpose::Create | Purpose::GroupCreate) {
                 db::set_conversation_state(conn, &entry.group, ConversationState::Active)?;
             }
-            refresh_members(conn, provider, &inner.me, &entry.group, false)?;
+            // Every commit renews the committer's leaf (it carries an update path).
+            db::mark_updated(conn, &entry.group, now_ms())?;
+            let emit = entry.purpose == Purpose::Sync;
+            refresh_members(conn, provider, &inner.me, &entry.group, emit)?;
+            if emit && let Some(e2ee_core::Event::CommitApplied { added, removed, .. }) = merged {
+                queue_device_changes(
+                    conn,
+                    provider,
+                    &inner.me,
+                    &entry.group,
+                    &before,
+                    &added,
+                    &removed,
+                )?;
+            }
         }
         db::outbox_delete(conn, entry.id)
     })
@@ -286,13 +362,14 @@ fn is_definitive(code: ErrorCode) -> bool {
     )
 }
 
-fn push_commit(
+pub(crate) fn push_commit(
     conn: &Connection,
     group: &GroupId,
     purpose: Purpose,
     peer: Option<&Handle>,
     commit: &e2ee_core::OutgoingCommit,
 ) -> Result<(), Error> {
+    let removed: Vec<DeviceId> = commit.removed.iter().map(|r| r.device_id).collect();
     db::outbox_push(
         conn,
         &NewOutbox {
@@ -303,6 +380,7 @@ fn push_commit(
             content_message_id: None,
             message: &commit.commit,
             welcome: commit.welcome.as_deref(),
+            removed_devices: &removed,
         },
         now_ms(),
     )
@@ -312,6 +390,54 @@ fn push_commit(
 pub(crate) fn load(provider: &MlsProvider<'_>, group: &GroupId) -> Result<Conversation, Error> {
     Conversation::load(provider.storage(), group)?
         .ok_or_else(|| Error::Internal(format!("conversation {group} is missing from the store")))
+}
+
+/// Queues a [`Event::DevicesChanged`] for every account that was in the conversation
+/// before a commit (`before`, other accounts; ours always counts) and still is, and whose
+/// devices the commit added or removed.
+pub(crate) fn queue_device_changes(
+    conn: &Connection,
+    provider: &MlsProvider<'_>,
+    me: &Handle,
+    group: &GroupId,
+    before: &[Handle],
+    added: &[CredentialIdentity],
+    removed: &[CredentialIdentity],
+) -> Result<(), Error> {
+    let conversation = load(provider, group)?;
+    if !conversation.is_active() {
+        return Ok(());
+    }
+    let after: Vec<Handle> = conversation
+        .members()
+        .into_iter()
+        .map(|m| m.handle)
+        .collect();
+    let mut handles: Vec<&Handle> = added.iter().chain(removed).map(|i| &i.handle).collect();
+    handles.sort();
+    handles.dedup();
+    for handle in handles {
+        let stayed = (handle == me || before.contains(handle)) && after.contains(handle);
+        if !stayed {
+            continue;
+        }
+        let pick = |ids: &[CredentialIdentity]| -> Vec<DeviceId> {
+            ids.iter()
+                .filter(|i| &i.handle == handle)
+                .map(|i| i.device_id)
+                .collect()
+        };
+        db::queue_event(
+            conn,
+            &Event::DevicesChanged {
+                conversation: group.clone(),
+                handle: handle.clone(),
+                added: pick(added),
+                removed: pick(removed),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Brings the stored member list of a conversation up to date with its MLS group; returns

@@ -9,7 +9,8 @@ use crate::error::Error;
 use crate::store::store_error;
 
 /// Schema migrations; index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 -- This device's account. One row.
 CREATE TABLE account (
     id                 INTEGER PRIMARY KEY CHECK (id = 1),
@@ -98,7 +99,54 @@ CREATE TABLE event_queue (
     id    INTEGER PRIMARY KEY AUTOINCREMENT,
     event TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Version 2: devices, verification, groups.
+
+-- Verification state of each contact: `verified` once the user confirmed the safety number
+-- of the pinned key; `key_changed` when the account key changed since it was pinned or
+-- confirmed (shown until confirmed); `blocked` when it changed while verified (sending is
+-- refused until the user confirms the new key).
+ALTER TABLE contacts ADD COLUMN verified    INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE contacts ADD COLUMN key_changed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE contacts ADD COLUMN blocked     INTEGER NOT NULL DEFAULT 0;
+
+-- Group conversations: name (from the group metadata), whether we asked to leave, and the
+-- post-compromise-security schedule (last self-update, messages sent since).
+ALTER TABLE conversations ADD COLUMN name              TEXT;
+ALTER TABLE conversations ADD COLUMN leaving           INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN updated_at        INTEGER;
+ALTER TABLE conversations ADD COLUMN sent_since_update INTEGER NOT NULL DEFAULT 0;
+
+-- When each device (ours and our contacts') was last heard from (unix ms).
+CREATE TABLE device_activity (
+    device_id BLOB PRIMARY KEY,
+    handle    TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+
+-- The outbox gains proposals, more purposes and the devices a commit removes.
+CREATE TABLE outbox_v2 (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id         BLOB NOT NULL UNIQUE,
+    group_id           BLOB NOT NULL,
+    kind               TEXT NOT NULL CHECK (kind IN ('application', 'commit', 'proposal')),
+    purpose            TEXT NOT NULL,
+    peer_handle        TEXT,
+    content_message_id BLOB,
+    message            BLOB NOT NULL,
+    welcome            BLOB,
+    removed_devices    BLOB,                   -- concatenated 16-byte device ids
+    created_at         INTEGER NOT NULL
+);
+INSERT INTO outbox_v2 (id, request_id, group_id, kind, purpose, peer_handle, content_message_id,
+                       message, welcome, created_at)
+    SELECT id, request_id, group_id, kind, purpose, peer_handle, content_message_id, message,
+           welcome, created_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+"#,
+];
 
 /// Brings the schema to the newest version.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {

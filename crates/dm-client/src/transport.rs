@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use dm_wire::Handle;
 use dm_wire::api::{
-    AccountResponse, AckRequest, ChallengeRequest, ChallengeResponse, ClaimResponse, ErrorBody,
-    ErrorCode, KeyPackageStock, MailboxResponse, RegisterRequest, SendRequest, SendResponse,
-    SessionRequest, SessionResponse, UploadKeyPackagesRequest,
+    AccountResponse, AckRequest, ChallengeRequest, ChallengeResponse, ClaimResponse,
+    DeviceListsRequest, DeviceListsResponse, ErrorBody, ErrorCode, KeyPackageStock,
+    LinkRequestBody, LinkResponseBody, LinkSlot, MailboxResponse, PublishDeviceListRequest,
+    RegisterRequest, SendRequest, SendResponse, SessionRequest, SessionResponse,
+    UploadKeyPackagesRequest,
 };
+use dm_wire::cert::DeviceList;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -147,6 +150,82 @@ impl Transport {
             .bearer_auth(token)
             .json(&AckRequest { up_to });
         self.empty(req).await
+    }
+
+    /// Publishes a device list. `Ok(Err(current))` when the relay holds a list with a
+    /// sequence at least as high (`stale_device_list`): `current` is that list.
+    pub(crate) async fn publish_device_list(
+        &self,
+        handle: &Handle,
+        list: &DeviceList,
+    ) -> Result<Result<(), Vec<u8>>, Error> {
+        let url = self.url(&format!("/v1/accounts/{}/device-list", handle.as_str()));
+        let response = self
+            .http
+            .post(url)
+            .json(&PublishDeviceListRequest {
+                device_list: list.encode(),
+            })
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if response.status() == StatusCode::CONFLICT {
+            let body = response.bytes().await.unwrap_or_default();
+            if let Ok(err) = serde_json::from_slice::<ErrorBody>(&body)
+                && err.error.code == ErrorCode::StaleDeviceList
+                && let Some(current) = err.error.device_list
+            {
+                return Ok(Err(current));
+            }
+            return Err(Error::Protocol(
+                "the relay refused the device list with a conflict".into(),
+            ));
+        }
+        let _: AccountResponse = self.parse(self.check(response).await?).await?;
+        Ok(Ok(()))
+    }
+
+    pub(crate) async fn device_lists(
+        &self,
+        token: &str,
+        req: &DeviceListsRequest,
+    ) -> Result<DeviceListsResponse, Error> {
+        let req = self
+            .http
+            .post(self.url("/v1/device-lists"))
+            .bearer_auth(token)
+            .json(req);
+        self.json(req).await
+    }
+
+    pub(crate) async fn delete_account(&self, token: &str, handle: &Handle) -> Result<(), Error> {
+        let url = self.url(&format!("/v1/accounts/{}", handle.as_str()));
+        self.empty(self.http.delete(url).bearer_auth(token)).await
+    }
+
+    pub(crate) async fn put_link_request(
+        &self,
+        slot: &[u8; 16],
+        body: &LinkRequestBody,
+    ) -> Result<(), Error> {
+        let url = self.url(&format!("/v1/links/{}", hex::encode(slot)));
+        self.empty(self.http.put(url).json(body)).await
+    }
+
+    pub(crate) async fn link_slot(&self, slot: &[u8; 16]) -> Result<LinkSlot, Error> {
+        let url = self.url(&format!("/v1/links/{}", hex::encode(slot)));
+        self.json(self.http.get(url)).await
+    }
+
+    pub(crate) async fn put_link_response(
+        &self,
+        token: &str,
+        slot: &[u8; 16],
+        body: &LinkResponseBody,
+    ) -> Result<(), Error> {
+        let url = self.url(&format!("/v1/links/{}/response", hex::encode(slot)));
+        self.empty(self.http.post(url).bearer_auth(token).json(body))
+            .await
     }
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {

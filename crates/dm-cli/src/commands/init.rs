@@ -6,11 +6,33 @@ use dm_client::{Client, CreateOptions};
 
 use crate::passphrase;
 
-pub async fn run(home: &Path, server: &str, handle: &str) -> anyhow::Result<()> {
+pub async fn run(home: &Path, server: &str, handle: &str, recover: bool) -> anyhow::Result<()> {
     let handle = super::parse_handle(handle)?;
     let server = normalise_server(server)?;
     if Client::account_exists(home) {
         return Err(dm_client::Error::AccountExists.into());
+    }
+    if recover {
+        let code = recovery_code()?;
+        let mut passphrase = passphrase::new()?;
+        let client = Client::recover(
+            CreateOptions {
+                home: home.to_path_buf(),
+                server,
+                handle,
+                passphrase: std::mem::take(&mut *passphrase),
+            },
+            &code,
+        )
+        .await?;
+        let me = client.whoami().await?;
+        println!("Recovered {} on {}", me.handle, me.server);
+        println!("device:      {}", me.device_id);
+        println!("fingerprint: {}", me.fingerprint);
+        println!();
+        println!("Your contacts add this device to your conversations when they next sync.");
+        println!("Revoke lost devices with `dm device revoke ID` (see `dm device list`).");
+        return Ok(());
     }
     let mut passphrase = passphrase::new()?;
     let (client, recovery) = Client::create(CreateOptions {
@@ -35,8 +57,28 @@ pub async fn run(home: &Path, server: &str, handle: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The recovery code, from DM_RECOVERY_CODE or one line typed at the terminal.
+fn recovery_code() -> anyhow::Result<dm_client::RecoveryCode> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let text = match std::env::var("DM_RECOVERY_CODE") {
+        Ok(code) => zeroize::Zeroizing::new(code),
+        Err(_) => {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!("no recovery code: set DM_RECOVERY_CODE or run `dm` in a terminal");
+            }
+            print!("Recovery code: ");
+            std::io::stdout().flush()?;
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().lock().read_line(&mut line)?;
+            line
+        }
+    };
+    dm_client::RecoveryCode::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{e}: check the code you typed"))
+}
+
 /// Accepts `host:port` or a full `http(s)://` URL; returns a URL without a trailing `/`.
-fn normalise_server(input: &str) -> anyhow::Result<String> {
+pub(crate) fn normalise_server(input: &str) -> anyhow::Result<String> {
     let trimmed = input.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         anyhow::bail!("--server is empty: give the relay's URL, e.g. http://127.0.0.1:7878");

@@ -1,6 +1,8 @@
 //! One function per subcommand.
 
 mod chat;
+mod devices;
+mod groups;
 mod inbox;
 mod init;
 mod send;
@@ -21,7 +23,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => default_home()?,
     };
     match cli.command {
-        Command::Init { server, handle } => init::run(&home, &server, &handle).await,
+        Command::Init {
+            server,
+            handle,
+            recover,
+        } => init::run(&home, &server, &handle, recover).await,
+        Command::Device { command } => devices::run(&home, command).await,
+        Command::Verify {
+            handle,
+            confirm,
+            group,
+        } => groups::verify(&open(&home).await?, handle, confirm, group).await,
+        Command::Group { command } => groups::run(&open(&home).await?, command).await,
+        Command::Conversations { json } => groups::conversations(&open(&home).await?, json).await,
+        Command::DeleteAccount { yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "this deletes your account at the relay for every device; pass --yes to confirm"
+                );
+            }
+            let client = open(&home).await?;
+            client.delete_account().await?;
+            println!("Deleted the account at the relay. The handle is free again.");
+            Ok(())
+        }
         Command::Send { handle, text } => send::run(&open(&home).await?, &handle, &text).await,
         Command::Inbox { json } => inbox::run(&open(&home).await?, json).await,
         Command::Chat { handle } => chat::run(&open(&home).await?, &handle).await,
@@ -44,7 +69,7 @@ fn default_home() -> anyhow::Result<PathBuf> {
 }
 
 /// Unlocks the account stored in `home`.
-async fn open(home: &Path) -> anyhow::Result<Client> {
+pub(crate) async fn open(home: &Path) -> anyhow::Result<Client> {
     if !Client::account_exists(home) {
         return Err(dm_client::Error::NoAccount.into());
     }

@@ -3,11 +3,16 @@
 use dm_client::Client;
 
 pub async fn run(client: &Client, handle: &str, text: &str) -> anyhow::Result<()> {
-    let to = super::parse_handle(handle)?;
+    let to = client.resolve(handle).await?;
     if text.is_empty() {
-        anyhow::bail!("the message is empty: give the text to send, e.g. dm send {to} \"hello\"");
+        anyhow::bail!(
+            "the message is empty: give the text to send, e.g. dm send {handle} \"hello\""
+        );
     }
-    let sent = client.send(&to, text).await?;
-    println!("Sent to {to} (id {}).", sent.id);
+    let sent = client.send_to(&to, text).await?;
+    match to {
+        dm_client::Target::Handle(h) => println!("Sent to {h} (id {}).", sent.id),
+        dm_client::Target::Conversation(g) => println!("Sent to {g} (id {}).", sent.id),
+    }
     Ok(())
 }
