@@ -251,6 +251,119 @@ impl User {
     }
 }
 
+impl User {
+    /// Runs `dm` with extra environment variables; returns the output.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(binary("dm"));
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("DM_PASSPHRASE", PASSPHRASE)
+            .env_remove("DM_HOME")
+            .env_remove("DM_RECOVERY_CODE")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run dm")
+    }
+
+    /// Runs `dm` and asserts that it failed; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`dm {}` for {} succeeded but should fail:\nstdout:\n{}",
+            args.join(" "),
+            self.handle,
+            String::from_utf8_lossy(&out.stdout),
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts `dm` in the background with stdout piped (for commands that wait).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(binary("dm"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("DM_PASSPHRASE", PASSPHRASE)
+            .env_remove("DM_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dm")
+    }
+
+    /// `dm init` printing the recovery code; returns the code.
+    pub fn init_with_recovery_code(&self, url: &str) -> String {
+        let out = self.init(url);
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.len() == 68 && l.split('-').count() == 14)
+            .unwrap_or_else(|| panic!("no recovery code in:\n{out}"))
+            .to_owned()
+    }
+
+    /// `dm whoami`'s device id.
+    pub fn device_id(&self) -> String {
+        let out = self.ok(&["whoami"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("device:"))
+            .map(|d| d.trim().to_owned())
+            .unwrap_or_else(|| panic!("no device in whoami:\n{out}"))
+    }
+
+    /// `dm conversations --json`, parsed.
+    pub fn conversations(&self) -> Vec<serde_json::Value> {
+        self.ok(&["conversations", "--json"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Links this (uninitialised) user's home as a new device of `existing`'s account:
+    /// runs `dm device link` here and `dm device approve CODE --yes` there.
+    pub fn link_to(&self, existing: &User, url: &str) {
+        let mut child = self.spawn(&["device", "link", "--server", url, "--timeout", "300"]);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let code = loop {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("`dm device link` ended before printing a code"));
+            if let Some(code) = line.strip_prefix("Link code: ") {
+                break code.trim().to_owned();
+            }
+        };
+        existing.ok(&["device", "approve", &code, "--yes", "--timeout", "300"]);
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().expect("wait for dm device link");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(
+            status.success(),
+            "`dm device link` failed: {}\n{err}",
+            rest.join("\n")
+        );
+        assert!(rest.iter().any(|l| l.starts_with("Linked:")), "{rest:?}");
+    }
+}
+
+/// The texts of `dm inbox --json` message events.
+pub fn texts(messages: &[serde_json::Value]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "message")
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A TCP proxy on loopback that forwards to a target and records every byte in both
 /// directions.
 pub struct RecordingProxy {

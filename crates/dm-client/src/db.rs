@@ -245,7 +245,9 @@ pub(crate) fn pin_device_list(
             )
             .map_err(store_error)?;
         conn.execute(
-            "UPDATE contacts SET account_key = ?, device_list = ?, device_list_sequence = ?,              pinned_at = ?, updated_at = ?, key_changed = 1, blocked = (blocked OR verified),              verified = 0 WHERE handle = ?",
+            "UPDATE contacts SET account_key = ?, device_list = ?, device_list_sequence = ?, \
+             pinned_at = ?, updated_at = ?, key_changed = 1, blocked = (blocked OR verified), \
+             verified = 0 WHERE handle = ?",
             params![
                 list.account_key.0.as_slice(),
                 encoded,
@@ -324,7 +326,8 @@ pub(crate) struct ContactRow {
 pub(crate) fn contact(conn: &Connection, handle: &Handle) -> Result<Option<ContactRow>> {
     let row: Option<(Vec<u8>, Vec<u8>, bool, bool, bool)> = conn
         .query_row(
-            "SELECT account_key, device_list, verified, key_changed, blocked FROM contacts              WHERE handle = ?",
+            "SELECT account_key, device_list, verified, key_changed, blocked FROM contacts \
+             WHERE handle = ?",
             [handle.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
@@ -362,7 +365,8 @@ pub(crate) fn touch_device(
     now_ms: u64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO device_activity (device_id, handle, last_seen) VALUES (?, ?, ?)          ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+        "INSERT INTO device_activity (device_id, handle, last_seen) VALUES (?, ?, ?) \
+         ON CONFLICT (device_id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
         params![device.as_bytes().as_slice(), handle.as_str(), now_ms as i64],
     )
     .map_err(store_error)?;
@@ -492,7 +496,7 @@ fn conversation_row(
 pub(crate) fn conversations(conn: &Connection) -> Result<Vec<ConversationRow>> {
     let mut stmt = conn
         .prepare(
-            "SELECT group_id, peer_handle, name, state, leaving, created_at FROM conversations              ORDER BY created_at, group_id",
+            "SELECT group_id, name, state, leaving FROM conversations ORDER BY created_at, group_id",
         )
         .map_err(store_error)?;
     let rows = stmt
@@ -505,7 +509,7 @@ pub(crate) fn conversations(conn: &Connection) -> Result<Vec<ConversationRow>> {
 /// One conversation.
 pub(crate) fn conversation(conn: &Connection, group: &GroupId) -> Result<Option<ConversationRow>> {
     conn.query_row(
-        "SELECT group_id, peer_handle, name, state, leaving, created_at FROM conversations          WHERE group_id = ?",
+        "SELECT group_id, name, state, leaving FROM conversations WHERE group_id = ?",
         [group.as_bytes()],
         conversation_from_row,
     )
@@ -537,7 +541,8 @@ pub(crate) fn set_leaving(conn: &Connection, group: &GroupId) -> Result<()> {
 /// its leaf (unix ms; the creation time if never) and how many messages it sent since.
 pub(crate) fn update_schedule(conn: &Connection, group: &GroupId) -> Result<(u64, u64)> {
     conn.query_row(
-        "SELECT coalesce(updated_at, created_at), sent_since_update FROM conversations          WHERE group_id = ?",
+        "SELECT coalesce(updated_at, created_at), sent_since_update FROM conversations \
+         WHERE group_id = ?",
         [group.as_bytes()],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )
