@@ -34,13 +34,11 @@ impl Client {
         }
         self.blocking(move |store, _| {
             let conn = store.conn();
-            let rows: Vec<_> = db::conversations(conn)?
-                .into_iter()
-                .filter(|r| r.state != ConversationState::Left)
-                .collect();
+            let all = db::conversations(conn)?;
             let lower = input.to_ascii_lowercase();
             if lower.len() >= 8 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let hits: Vec<_> = rows
+                // By id, conversations we left included (sending then says so).
+                let hits: Vec<_> = all
                     .iter()
                     .filter(|r| r.group.to_hex().starts_with(&lower))
                     .collect();
@@ -48,6 +46,10 @@ impl Client {
                     return Ok(Target::Conversation(one.group.clone()));
                 }
             }
+            let rows: Vec<_> = all
+                .into_iter()
+                .filter(|r| r.state != ConversationState::Left)
+                .collect();
             let named: Vec<_> = rows
                 .iter()
                 .filter(|r| r.name.as_deref() == Some(input.as_str()))

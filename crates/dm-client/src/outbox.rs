@@ -470,14 +470,16 @@ pub(crate) fn refresh_members(
         .filter(|h| !before.contains(h))
         .cloned()
         .collect();
-    let mut removed: Vec<Handle> = before
-        .iter()
-        .filter(|h| !after.contains(h))
-        .cloned()
-        .collect();
-    if left {
-        removed.push(me.clone());
-    }
+    // When we are removed, the others did not leave: only we did.
+    let removed: Vec<Handle> = if left {
+        vec![me.clone()]
+    } else {
+        before
+            .iter()
+            .filter(|h| !after.contains(h))
+            .cloned()
+            .collect()
+    };
     if emit && (!added.is_empty() || !removed.is_empty()) {
         db::queue_event(
             conn,
