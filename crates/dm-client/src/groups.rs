@@ -114,12 +114,25 @@ impl Client {
     /// Before sending: process the mailbox (so the message is encrypted in the newest
     /// epoch every member can read), refresh device lists and bring the conversations in
     /// line with them, and send the resulting commits.
+    ///
+    /// Offline (relay unreachable) this does nothing more and succeeds: the message is then
+    /// queued in the outbox and sent by a later call.
     pub(crate) async fn prepare_send(&self) -> Result<(), Error> {
-        self.flush_outbox().await?;
-        self.sync_mailbox().await?;
-        self.refresh_device_lists().await?;
-        self.reconcile().await?;
-        self.flush_outbox().await
+        let prepared = async {
+            self.flush_outbox().await?;
+            self.sync_mailbox().await?;
+            self.refresh_device_lists().await?;
+            self.reconcile().await?;
+            self.flush_outbox().await
+        }
+        .await;
+        match prepared {
+            Err(Error::RelayUnreachable { .. }) => {
+                tracing::debug!("relay unreachable; the message waits in the outbox");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Creates a group conversation named `name` with the given accounts (and every

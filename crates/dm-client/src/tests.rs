@@ -135,12 +135,19 @@ async fn no_plaintext_or_private_key_on_disk_and_outbox_keeps_unsent_messages() 
     let dir = TempDir::new().unwrap();
     let alice = local_client(dir.path(), "alice");
     let bob = handle("bob");
-    // A conversation with Bob (only Alice in it: enough to encrypt).
+    // A conversation with Bob, created now (only Alice in it: enough to encrypt; no
+    // self-update is due yet).
     alice
         .blocking(move |store, inner| {
             store.transaction(|conn, provider| {
                 let c = Conversation::create(provider, &inner.device)?;
-                db::insert_conversation(conn, &c.id(), Some(&bob), ConversationState::Active, 1)
+                db::insert_conversation(
+                    conn,
+                    &c.id(),
+                    Some(&bob),
+                    ConversationState::Active,
+                    crate::client::now_ms(),
+                )
             })
         })
         .await
@@ -413,6 +420,8 @@ async fn envelopes_are_processed_in_transactions_that_roll_back_on_error() {
                 format!("undecryptable {seq} {}", conversation.is_some())
             }
             Event::MembersChanged { .. } => "members".into(),
+            Event::DevicesChanged { .. } => "devices".into(),
+            Event::IdentityKeyChanged { handle, .. } => format!("key changed {handle}"),
         })
         .collect();
     assert_eq!(

@@ -90,7 +90,7 @@ async fn two_accounts_talk_through_the_relay() {
     let events = bob.sync().await.unwrap();
     assert!(matches!(
         &events[0],
-        Event::ConversationStarted { conversation, with }
+        Event::ConversationStarted { conversation, with, name: None }
             if conversation == &sent.conversation && with == &[handle("alice")]
     ));
     assert_eq!(texts(&events), [format!("@alice: {canary}")]);

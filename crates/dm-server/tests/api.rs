@@ -3,6 +3,7 @@
 //! accounts, sessions and key packages here; the rest in the modules below.
 
 mod binary;
+mod devices;
 mod messages;
 mod store;
 mod support;
