@@ -227,10 +227,7 @@ pub(crate) fn pin_device_list(
                 .map_err(|_| corrupt("pinned key"))
         })
         .transpose()?;
-    let list = match verify_device_list(encoded, handle, None) {
-        Ok(list) => list,
-        Err(e) => return Err(e.into()),
-    };
+    let list = verify_device_list(encoded, handle, None)?;
     if let Some(pinned) = pinned
         && pinned != list.account_key
     {
@@ -324,7 +321,8 @@ pub(crate) struct ContactRow {
 }
 
 pub(crate) fn contact(conn: &Connection, handle: &Handle) -> Result<Option<ContactRow>> {
-    let row: Option<(Vec<u8>, Vec<u8>, bool, bool, bool)> = conn
+    type RawContact = (Vec<u8>, Vec<u8>, bool, bool, bool);
+    let row: Option<RawContact> = conn
         .query_row(
             "SELECT account_key, device_list, verified, key_changed, blocked FROM contacts \
              WHERE handle = ?",

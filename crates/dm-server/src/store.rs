@@ -149,6 +149,15 @@ pub struct DeviceListChange {
     pub removed: Vec<DeviceId>,
 }
 
+/// What a device-link slot holds (both opaque to the relay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSlotContent {
+    /// The new device's request.
+    pub request: Vec<u8>,
+    /// The approving device's response, once there is one.
+    pub response: Option<Vec<u8>>,
+}
+
 /// A registered device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
@@ -471,11 +480,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'_, ()>;
 
     /// The request and response (if any) of an unexpired slot.
-    fn link_slot(
-        &self,
-        slot: [u8; 16],
-        now: u64,
-    ) -> StoreFuture<'_, Option<(Vec<u8>, Option<Vec<u8>>)>>;
+    fn link_slot(&self, slot: [u8; 16], now: u64) -> StoreFuture<'_, Option<LinkSlotContent>>;
 
     /// Stores the response of an unexpired slot that has none yet; returns false if there
     /// is no such slot.

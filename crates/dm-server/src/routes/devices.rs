@@ -150,12 +150,15 @@ pub async fn get_slot(
     Path(slot): Path<String>,
 ) -> Result<Json<LinkSlot>, ApiError> {
     let slot = parse_slot(&slot)?;
-    let (request, response) = state
+    let slot = state
         .store()
         .link_slot(slot, state.now_secs())
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such link slot (expired?)"))?;
-    Ok(Json(LinkSlot { request, response }))
+    Ok(Json(LinkSlot {
+        request: slot.request,
+        response: slot.response,
+    }))
 }
 
 /// A device of an account answers a link request (opaque, sealed to the new device).

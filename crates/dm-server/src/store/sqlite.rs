@@ -16,9 +16,9 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{
-    Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, NewAccount,
-    NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store, StoreError, StoreFuture,
-    StoreStats, StoredEnvelope, SweepStats, retention, sequence,
+    Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, LinkSlotContent,
+    NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store, StoreError,
+    StoreFuture, StoreStats, StoredEnvelope, SweepStats, retention, sequence,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -804,11 +804,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn link_slot(
-        &self,
-        slot: [u8; 16],
-        now: u64,
-    ) -> StoreFuture<'_, Option<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn link_slot(&self, slot: [u8; 16], now: u64) -> StoreFuture<'_, Option<LinkSlotContent>> {
         Box::pin(async move {
             let row: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
                 "SELECT request, response FROM link_slots WHERE slot = ? AND expires_at > ?",
@@ -817,7 +813,7 @@ impl Store for SqliteStore {
             .bind(int(now))
             .fetch_optional(&self.pool)
             .await?;
-            Ok(row)
+            Ok(row.map(|(request, response)| LinkSlotContent { request, response }))
         })
     }
 

@@ -31,7 +31,7 @@ fn list_of(account: &Device, sequence: u64, devices: &[&Device]) -> Vec<u8> {
         now_secs(),
         devices.iter().map(|d| cert(d)).collect(),
     )
-    .unwrap()
+    .expect("device list")
     .encode()
 }
 
