@@ -527,6 +527,11 @@ impl Client {
                         let members = conversation.members();
                         let mut accounts: Vec<Handle> =
                             members.iter().map(|m| m.handle.clone()).collect();
+                        // A 1:1 conversation keeps its peer even when none of the peer's
+                        // devices is left in it (the account was re-created).
+                        if let Some(peer) = db::peer_of(conn, &row.group)? {
+                            accounts.push(peer);
+                        }
                         accounts.sort();
                         accounts.dedup();
                         let mut remove = Vec::new();
