@@ -313,3 +313,186 @@ fn members_and_peers() {
     assert_eq!(a.members().len(), 2);
     assert!(a.is_active());
 }
+
+/// Alice creates a group with Bob and Carol; all three at epoch 1.
+fn start_group(
+    alice: &Party,
+    bob: &Party,
+    carol: &Party,
+) -> (Conversation, Conversation, Conversation) {
+    let mut a = Conversation::create_group(&alice.provider, &alice.device, "trip").unwrap();
+    let mut packages = claim_for(alice, bob);
+    packages.extend(claim_for(alice, carol));
+    let out = a
+        .commit_changes(&alice.provider, &alice.device, &packages, &[])
+        .unwrap();
+    a.merge_pending_commit(&alice.provider).unwrap();
+    let dir = directory_of(&[alice, bob, carol]);
+    let welcome = out.welcome.unwrap();
+    let mut joined = Vec::new();
+    for p in [bob, carol] {
+        let Event::Joined { group, .. } = deliver(p, &dir, &welcome).unwrap() else {
+            panic!("expected Joined");
+        };
+        joined.push(
+            Conversation::load(p.provider.storage(), &group)
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let c = joined.pop().unwrap();
+    let b = joined.pop().unwrap();
+    (a, b, c)
+}
+
+#[test]
+fn group_metadata_is_shared_and_only_the_admin_adds_accounts() {
+    let alice = Party::new("alice", 11);
+    let bob = Party::new("bob", 12);
+    let carol = Party::new("carol", 13);
+    let dave = Party::new("dave", 14);
+    let (a, mut b, c) = start_group(&alice, &bob, &carol);
+    for conv in [&a, &b, &c] {
+        let meta = conv.meta().unwrap().unwrap();
+        assert_eq!(meta.admin.as_str(), "alice");
+        assert_eq!(meta.name, "trip");
+    }
+    assert_eq!(a.group_code(), b.group_code());
+    assert_eq!(b.group_code(), c.group_code());
+    assert!(
+        Conversation::create(&alice.provider, &alice.device)
+            .unwrap()
+            .meta()
+            .unwrap()
+            .is_none()
+    );
+
+    // Bob (not the admin) adds Dave: Carol refuses the commit and keeps her state.
+    let packages = claim_for(&bob, &dave);
+    let out = b
+        .commit_changes(&bob.provider, &bob.device, &packages, &[])
+        .unwrap();
+    let dir = directory_of(&[&alice, &bob, &carol, &dave]);
+    let err = deliver(&carol, &dir, &out.commit).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput(InvalidInput::NotAllowed(why)) if why.contains("administrator")),
+        "{err:?}"
+    );
+    // Bob (not the admin) removes Carol, whose device is still listed: refused.
+    b.clear_pending_commit(&bob.provider).unwrap();
+    let out = b
+        .commit_changes(&bob.provider, &bob.device, &[], &[carol.device.identity()])
+        .unwrap();
+    assert_eq!(out.removed, vec![carol.device.identity()]);
+    let err = deliver(&alice, &dir, &out.commit).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput(InvalidInput::Credential(
+                CredentialError::StillListed { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+    // Once Carol's account no longer lists that device, anyone may remove it.
+    let mut revoked = dir.clone();
+    let other = Party::new("carol", 15);
+    revoked.insert(
+        carol.device.handle().clone(),
+        carol
+            .account
+            .issue_device_list(
+                carol.device.handle().clone(),
+                2,
+                2,
+                vec![carol.account.issue_certificate(
+                    carol.device.handle().clone(),
+                    other.device.id(),
+                    other.device.device_key(),
+                    2,
+                )],
+            )
+            .unwrap(),
+    );
+    // (Alice's failed attempt consumed her key for this message, as a rolled-back
+    // transaction would not in dm-client; Carol has not seen it yet.)
+    let Event::CommitApplied {
+        removed,
+        self_removed,
+        ..
+    } = deliver(&carol, &revoked, &out.commit).unwrap()
+    else {
+        panic!("expected a commit");
+    };
+    assert_eq!(removed, vec![carol.device.identity()]);
+    assert!(self_removed);
+}
+
+#[test]
+fn a_member_leaves_through_proposals_the_next_committer_carries_out() {
+    let alice = Party::new("alice", 21);
+    let bob = Party::new("bob", 22);
+    let carol = Party::new("carol", 23);
+    let (mut a, mut b, mut c) = start_group(&alice, &bob, &carol);
+    let dir = directory_of(&[&alice, &bob, &carol]);
+    let proposals = c.propose_leave(&carol.provider, &carol.device).unwrap();
+    assert_eq!(proposals.len(), 1);
+    for p in [&alice, &bob] {
+        let event = deliver(p, &dir, &proposals[0]).unwrap();
+        assert!(
+            matches!(&event, Event::RemovalProposed { removed, .. } if removed == &carol.device.identity()),
+            "{event:?}"
+        );
+    }
+    // Bob, not the admin, commits the pending proposal.
+    b = Conversation::load(bob.provider.storage(), &b.id())
+        .unwrap()
+        .unwrap();
+    assert!(b.has_pending_proposals());
+    let out = b
+        .commit_changes(&bob.provider, &bob.device, &[], &[])
+        .unwrap();
+    assert_eq!(out.removed, vec![carol.device.identity()]);
+    b.merge_pending_commit(&bob.provider).unwrap();
+    let Event::CommitApplied { removed, .. } = deliver(&alice, &dir, &out.commit).unwrap() else {
+        panic!("expected a commit");
+    };
+    assert_eq!(removed, vec![carol.device.identity()]);
+    let Event::CommitApplied { self_removed, .. } = deliver(&carol, &dir, &out.commit).unwrap()
+    else {
+        panic!("expected a commit");
+    };
+    assert!(self_removed);
+    a = Conversation::load(alice.provider.storage(), &a.id())
+        .unwrap()
+        .unwrap();
+    c = Conversation::load(carol.provider.storage(), &c.id())
+        .unwrap()
+        .unwrap();
+    assert!(!c.is_active());
+    assert_eq!(a.members().len(), 2);
+    // A proposal to remove another account's device is refused.
+    let (mut a2, mut b2, _c2) = start_group(&alice, &bob, &Party::new("carol", 24));
+    let (proposal, _) = b2
+        .group
+        .propose_remove_member(
+            &bob.provider,
+            bob.device.signer(),
+            a2.group.own_leaf_index(),
+        )
+        .unwrap();
+    let err = a2
+        .process(
+            &alice.provider,
+            &dir,
+            MlsMessageIn::tls_deserialize_exact(&encode(&proposal).unwrap())
+                .unwrap()
+                .try_into_protocol_message()
+                .unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput(InvalidInput::NotAllowed(_))),
+        "{err:?}"
+    );
+}
