@@ -14,6 +14,9 @@
 //! | GET | `/v1/mailbox?after=SEQ&limit=N` | session | - | [`MailboxResponse`] |
 //! | POST | `/v1/mailbox/ack` | session | [`AckRequest`] | 204 |
 //! | GET | `/healthz` | none | - | 200 `ok` |
+//! | GET | `/readyz` | none | - | 200 `ok`, or 503 [`ErrorCode::Unavailable`] |
+//! | GET | `/metrics` | none | - | Prometheus text format |
+//! | GET | `/openapi.json` | none | - | the OpenAPI 3.1 document |
 //!
 //! "session" means the header `Authorization: Bearer <token>` with a token from
 //! `/v1/auth/session`. Every error is an [`ErrorBody`] with a stable [`ErrorCode`].
