@@ -6,9 +6,12 @@
 //! to the devices whose key packages they consume. It never holds a private key or a
 //! plaintext. The HTTP API is specified by [`dm_wire::api`].
 //!
-//! - [`app`] builds the router over an [`AppState`] (tests drive it without a socket);
+//! - [`app`] builds the router over an [`AppState`] (tests drive it without a socket) from
+//!   one list of routes, [`routes`], which `openapi.json` describes;
 //! - [`serve`] opens the store, binds, prints `dm-server listening on http://ADDR` and
-//!   serves until the shutdown signal.
+//!   serves until the shutdown signal, then drains (see [`AppState::shutting_down`]);
+//! - [`config`] reads the settings, [`limits`] bounds requests and connections,
+//!   [`metrics`] and [`ops`] serve the operator endpoints.
 #![forbid(unsafe_code)]
 
 pub mod auth;
