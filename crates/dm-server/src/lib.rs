@@ -7,7 +7,7 @@
 //! plaintext. The HTTP API is specified by [`dm_wire::api`].
 //!
 //! - [`app`] builds the router over an [`AppState`] (tests drive it without a socket) from
-//!   one list of routes, [`routes`], which `openapi.json` describes;
+//!   one list of routes, [`routes()`], which `openapi.json` describes;
 //! - [`serve`] opens the store, binds, prints `dm-server listening on http://ADDR` and
 //!   serves until the shutdown signal, then drains (see [`AppState::shutting_down`]);
 //! - [`config`] reads the settings, [`limits`] bounds requests and connections,
@@ -194,7 +194,7 @@ impl AppState {
 }
 
 /// Every route of the relay: method, path template and handler. [`app`] builds the router
-/// from this list and [`routes`] lists it, so the OpenAPI document (`openapi.json`) can be
+/// from this list and [`routes()`] lists it, so the OpenAPI document (`openapi.json`) can be
 /// checked against it. To add a route, add it here and to `openapi.json`.
 fn route_table() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     use crate::routes::{accounts, auth, key_packages, mailbox, messages};
