@@ -16,16 +16,16 @@ struct Relay {
 }
 
 async fn start_relay() -> Relay {
-    start_relay_with(dm_server::push::SocketLimits::default()).await
+    start_relay_with(dm_server::Config::default().max_websockets).await
 }
 
-async fn start_relay_with(limits: dm_server::push::SocketLimits) -> Relay {
+async fn start_relay_with(max_websockets: usize) -> Relay {
     let dir = TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
     let store = Arc::new(SqliteStore::connect(&db).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = dm_server::app(AppState::new(store).with_socket_limits(limits));
+    let app = dm_server::app(AppState::new(store).with_max_websockets(max_websockets));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Relay { url, dir }
 }
@@ -260,11 +260,7 @@ async fn live_feed_falls_back_to_fetching() {
     use dm_client::LiveMode;
     use std::time::Duration;
 
-    let relay = start_relay_with(dm_server::push::SocketLimits {
-        max_sockets: 0,
-        ..Default::default()
-    })
-    .await;
+    let relay = start_relay_with(0).await;
     let root = TempDir::new().unwrap();
     let (alice, _) = account(&relay, root.path(), "alice").await;
     let (bob, _) = account(&relay, root.path(), "bob").await;

@@ -15,6 +15,9 @@
 //! | POST | `/v1/mailbox/ack` | session | [`AckRequest`] | 204 |
 //! | GET | `/v1/ws?after=SEQ` | session | WebSocket upgrade | [`ServerFrame`]s; sends [`ClientFrame`]s |
 //! | GET | `/healthz` | none | - | 200 `ok` |
+//! | GET | `/readyz` | none | - | 200 `ok`, or 503 [`ErrorCode::Unavailable`] |
+//! | GET | `/metrics` | none | - | Prometheus text format |
+//! | GET | `/openapi.json` | none | - | the OpenAPI 3.1 document |
 //!
 //! "session" means the header `Authorization: Bearer <token>` with a token from
 //! `/v1/auth/session`. Every error is an [`ErrorBody`] with a stable [`ErrorCode`].

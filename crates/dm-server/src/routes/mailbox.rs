@@ -37,6 +37,7 @@ pub async fn fetch(
         .store()
         .key_package_stock(auth.device_id, state.now_secs())
         .await?;
+    state.metrics().envelopes_delivered(envelopes.len() as u64);
     Ok(Json(MailboxResponse {
         envelopes: envelopes
             .into_iter()

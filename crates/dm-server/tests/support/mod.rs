@@ -31,13 +31,17 @@ use tower::ServiceExt as _;
 
 pub const CS: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
 
+/// Adjusts the state a test relay is built with (rate limit, metrics).
+pub type Configure = Arc<dyn Fn(AppState) -> AppState + Send + Sync>;
+
 /// A relay on a SQLite file in a temporary directory, with a clock tests can advance.
 pub struct Relay {
     pub dir: TempDir,
     store: Arc<SqliteStore>,
     router: Router,
-    state: AppState,
     offset: Arc<AtomicU64>,
+    state: AppState,
+    configure: Configure,
 }
 
 /// An HTTP response, fully read.
@@ -45,6 +49,7 @@ pub struct Relay {
 pub struct Resp {
     pub status: u16,
     pub content_type: Option<String>,
+    pub headers: axum::http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -91,53 +96,64 @@ impl Resp {
 
 impl Relay {
     pub async fn start() -> Self {
+        Self::start_with(Arc::new(|state| state)).await
+    }
+
+    /// A relay whose state is adjusted by `configure` (also after a restart).
+    pub async fn start_with(configure: Configure) -> Self {
         let dir = TempDir::new().expect("temp dir");
-        Self::open(dir, Arc::new(AtomicU64::new(0))).await
+        Self::open(dir, Arc::new(AtomicU64::new(0)), configure).await
     }
 
     pub fn database_url(dir: &TempDir) -> String {
         format!("sqlite://{}", dir.path().join("relay.db").display())
     }
 
-    async fn open(dir: TempDir, offset: Arc<AtomicU64>) -> Self {
+    async fn open(dir: TempDir, offset: Arc<AtomicU64>, configure: Configure) -> Self {
         let store = Arc::new(
             SqliteStore::connect(&Self::database_url(&dir))
                 .await
                 .expect("open store"),
         );
         let clock_offset = offset.clone();
-        let state = AppState::new(store.clone()).with_clock(Arc::new(move || {
+        let state = configure(AppState::new(store.clone()).with_clock(Arc::new(move || {
             SystemTime::now() + Duration::from_secs(clock_offset.load(Ordering::SeqCst))
-        }));
+        })));
         Self {
             dir,
             store,
             router: app(state.clone()),
-            state,
             offset,
+            state,
+            configure,
         }
+    }
+
+    /// The state the router was built with.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Sends any request.
+    pub async fn request(&self, req: Request<Body>) -> Resp {
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        Resp::read(response).await
     }
 
     /// Closes the database and opens the same file again, like a process restart.
     pub async fn restart(self) -> Self {
         self.store.close().await;
-        let Relay { dir, offset, .. } = self;
-        Self::open(dir, offset).await
+        let Relay {
+            dir,
+            offset,
+            configure,
+            ..
+        } = self;
+        Self::open(dir, offset, configure).await
     }
 
     pub fn store(&self) -> &SqliteStore {
         &self.store
-    }
-
-    /// Replaces the router's state (e.g. other limits), keeping store and clock.
-    pub fn set_state(&mut self, f: impl FnOnce(AppState) -> AppState) {
-        self.state = f(self.state.clone());
-        self.router = app(self.state.clone());
-    }
-
-    /// The router's shared state.
-    pub fn state(&self) -> &AppState {
-        &self.state
     }
 
     /// Serves the router on a loopback port (for what needs a real connection, such as a
@@ -182,6 +198,7 @@ impl Resp {
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().expect("ascii").to_owned());
+        let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body")
@@ -189,6 +206,7 @@ impl Resp {
         Resp {
             status,
             content_type,
+            headers,
             body,
         }
     }
