@@ -45,6 +45,8 @@ pub struct Relay {
     pub database_url: String,
     /// The PostgreSQL database made for this relay, dropped with it.
     postgres: Option<Arc<PgDatabase>>,
+    /// Further command-line arguments (kept across restarts).
+    args: Vec<String>,
     /// `host:port` the relay listens on (kept across restarts).
     pub addr: String,
     log_reader: Option<std::thread::JoinHandle<()>>,
@@ -59,15 +61,21 @@ impl Relay {
 
     /// Starts a relay on `engine` (see [`Relay::start`]).
     pub fn start_on(dir: &Path, engine: Engine) -> Relay {
+        Self::start_with_args(dir, engine, &[])
+    }
+
+    /// Starts a relay on `engine` with further command-line arguments.
+    pub fn start_with_args(dir: &Path, engine: Engine, args: &[&str]) -> Relay {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         match engine {
             Engine::Sqlite => {
                 let url = format!("sqlite://{}", dir.join("relay.db").display());
-                Self::spawn(dir, "127.0.0.1:0", &url, None)
+                Self::spawn(dir, "127.0.0.1:0", &url, None, args)
             }
             Engine::Postgres => {
                 let db = Arc::new(PgDatabase::create());
                 let url = db.url.clone();
-                Self::spawn(dir, "127.0.0.1:0", &url, Some(db))
+                Self::spawn(dir, "127.0.0.1:0", &url, Some(db), args)
             }
         }
     }
@@ -80,6 +88,7 @@ impl Relay {
             "127.0.0.1:0",
             &other.database_url.clone(),
             other.postgres.clone(),
+            other.args.clone(),
         )
     }
 
@@ -88,6 +97,7 @@ impl Relay {
         listen: &str,
         database_url: &str,
         postgres: Option<Arc<PgDatabase>>,
+        args: Vec<String>,
     ) -> Relay {
         std::fs::create_dir_all(dir).expect("create relay directory");
         let log_path = dir.join("relay.log");
@@ -101,6 +111,7 @@ impl Relay {
             .arg(listen)
             .arg("--database-url")
             .arg(database_url)
+            .args(&args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -136,6 +147,7 @@ impl Relay {
             dir: dir.to_path_buf(),
             database_url: database_url.to_owned(),
             postgres,
+            args,
             addr,
             log_reader: Some(reader),
         }
@@ -173,6 +185,7 @@ impl Relay {
             &self.addr.clone(),
             &self.database_url.clone(),
             self.postgres.clone(),
+            self.args.clone(),
         );
         assert_eq!(again.addr, self.addr);
         *self = again;
