@@ -35,8 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use crate::config::Config;
 use crate::error::ApiError;
-use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// How often expired rows are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -165,7 +164,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database URL names an engine this build does not support.
-    #[error("unsupported database URL (expected sqlite://PATH)")]
+    #[error("unsupported database URL (expected sqlite://PATH or postgres://USER@HOST/DATABASE)")]
     UnsupportedDatabase,
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
@@ -190,10 +189,10 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if !config.database_url.starts_with("sqlite:") {
-        return Err(ServeError::UnsupportedDatabase);
-    }
-    let store = Arc::new(SqliteStore::connect(&config.database_url).await?);
+    let store = match store::open(&config.database_url, StoreOptions::default()).await {
+        Err(StoreError::UnsupportedDatabaseUrl) => return Err(ServeError::UnsupportedDatabase),
+        opened => opened?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -214,7 +213,9 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
-    store.close().await;
+    if let Err(err) = store.close().await {
+        tracing::warn!(error = %err, "closing the store failed");
+    }
     tracing::info!("stopped");
     Ok(served?)
 }
