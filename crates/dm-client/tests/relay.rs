@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dm_client::{Client, CreateOptions, Event, Handle};
 use dm_server::AppState;
+use dm_server::store::StoreOptions;
 use dm_server::store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
@@ -18,7 +19,11 @@ struct Relay {
 async fn start_relay() -> Relay {
     let dir = TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
-    let store = Arc::new(SqliteStore::connect(&db).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::connect(&db, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = dm_server::app(AppState::new(store));

@@ -204,9 +204,7 @@ impl From<StoreError> for ApiError {
                 ),
                 retry_after_secs,
             ),
-            StoreError::Closed => {
-                Self::new(ErrorCode::Unavailable, "the relay is shutting down")
-            }
+            StoreError::Closed => Self::new(ErrorCode::Unavailable, "the relay is shutting down"),
             err @ (StoreError::Database(_)
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)

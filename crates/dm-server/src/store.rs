@@ -574,10 +574,7 @@ mod tests {
     fn engines_by_scheme() {
         assert_eq!(Engine::of_url("sqlite://x.db"), Some(Engine::Sqlite));
         assert_eq!(Engine::of_url("sqlite::memory:"), Some(Engine::Sqlite));
-        assert_eq!(
-            Engine::of_url("postgres://u@h/db"),
-            Some(Engine::Postgres)
-        );
+        assert_eq!(Engine::of_url("postgres://u@h/db"), Some(Engine::Postgres));
         assert_eq!(
             Engine::of_url("PostgreSQL://u@h/db"),
             Some(Engine::Postgres)

@@ -32,7 +32,7 @@ use dm_wire::api::KeyPackageStock;
 use dm_wire::api::limits::MAX_KEY_PACKAGES_PER_DEVICE;
 use dm_wire::{DeviceId, Handle};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::broadcast;
 
@@ -40,15 +40,16 @@ use super::convert::{device_id, handle, int, key32, retry_after, uint};
 use super::{
     Account, Challenge, Claim, Device, MailboxPage, NewAccount, NewKeyPackage, OutgoingMessage,
     Registration, SendOutcome, Store, StoreError, StoreFuture, StoreOptions, StoreStats,
-    StoredEnvelope, SweepStats, Wakeup, retention, sequence,
+    StoredEnvelope, SweepStats, Wakeup, retention,
 };
+
+mod notify;
+mod send;
+
+pub use notify::{CHANNEL, parse_payload, payloads};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The notification channel of stored envelopes.
-pub const CHANNEL: &str = "dm_mailbox";
-/// PostgreSQL refuses notification payloads of 8000 bytes or more.
-const MAX_PAYLOAD: usize = 7999;
 /// Connections in the pool of each relay process (the listener has one more).
 const MAX_CONNECTIONS: u32 = 16;
 /// How long an operation waits for a free connection.
@@ -57,8 +58,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: u32 = 6;
 /// The first key of the advisory locks taken on requesting devices ("dm_c").
 const CLAIM_LOCK_CLASS: i32 = 0x646d_5f63;
-/// Longest pause between attempts to re-establish the listener.
-const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The relay's state in a PostgreSQL database shared by every relay instance.
 #[derive(Clone, Debug)]
@@ -99,9 +98,13 @@ impl PostgresStore {
             .connect_with(connect)
             .await?;
         // Listening before `connect` returns: nothing committed afterwards is missed.
-        let listener = start_listener(&listen_pool).await?;
+        let listener = notify::start_listener(&listen_pool).await?;
         let (wakeups, _) = broadcast::channel(super::sqlite::WAKEUP_CAPACITY);
-        let task = tokio::spawn(listen(listener, listen_pool.clone(), wakeups.clone()));
+        let task = tokio::spawn(notify::listen(
+            listener,
+            listen_pool.clone(),
+            wakeups.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -120,101 +123,6 @@ impl PostgresStore {
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool().begin().await
     }
-}
-
-async fn start_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Publishes every notification on [`CHANNEL`] until the listen pool is closed; a lost
-/// connection is re-established (with backoff) and announced as [`Wakeup::Resync`].
-async fn listen(mut listener: PgListener, pool: PgPool, wakeups: broadcast::Sender<Wakeup>) {
-    loop {
-        match listener.try_recv().await {
-            Ok(Some(notification)) => publish(&wakeups, notification.payload()),
-            // The connection was lost and is back (eager reconnect, channels re-listened):
-            // whatever was notified meanwhile is lost.
-            Ok(None) => {
-                tracing::warn!("the notification listener reconnected");
-                let _ = wakeups.send(Wakeup::Resync);
-            }
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "the notification listener failed; reconnecting");
-                drop(listener);
-                let mut backoff = Duration::from_millis(100);
-                listener = loop {
-                    if pool.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    match start_listener(&pool).await {
-                        Ok(listener) => break listener,
-                        Err(sqlx::Error::PoolClosed) => return,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot re-establish the listener");
-                            backoff = (backoff * 2).min(MAX_LISTEN_BACKOFF);
-                        }
-                    }
-                };
-                let _ = wakeups.send(Wakeup::Resync);
-            }
-        }
-    }
-}
-
-/// Publishes the wakeups of one notification payload; a payload that does not parse (which
-/// only a writer other than the relay can produce) becomes a [`Wakeup::Resync`].
-fn publish(wakeups: &broadcast::Sender<Wakeup>, payload: &str) {
-    match parse_payload(payload) {
-        Some(delivered) => {
-            for (device_id, seq) in delivered {
-                let _ = wakeups.send(Wakeup::Mailbox { device_id, seq });
-            }
-        }
-        None => {
-            tracing::warn!(
-                bytes = payload.len(),
-                "ignored a malformed notification payload"
-            );
-            let _ = wakeups.send(Wakeup::Resync);
-        }
-    }
-}
-
-/// Notification payloads for stored envelopes: `HEXDEVICE:SEQ` entries joined by `,`, as
-/// few payloads as the size limit allows.
-pub fn payloads(delivered: &[(DeviceId, u64)]) -> Vec<String> {
-    let mut payloads = Vec::new();
-    let mut current = String::new();
-    for (device, seq) in delivered {
-        let entry = format!("{}:{seq}", device.to_hex());
-        if !current.is_empty() && current.len() + 1 + entry.len() > MAX_PAYLOAD {
-            payloads.push(std::mem::take(&mut current));
-        }
-        if !current.is_empty() {
-            current.push(',');
-        }
-        current.push_str(&entry);
-    }
-    if !current.is_empty() {
-        payloads.push(current);
-    }
-    payloads
-}
-
-/// The entries of a payload built by [`payloads`]; `None` if any entry is malformed.
-pub fn parse_payload(payload: &str) -> Option<Vec<(DeviceId, u64)>> {
-    payload
-        .split(',')
-        .map(|entry| {
-            let (device, seq) = entry.split_once(':')?;
-            let bytes = hex::decode(device).ok()?;
-            Some((DeviceId::from_slice(&bytes).ok()?, seq.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Whether a failed transaction lost a race and may succeed when run again: a
@@ -268,43 +176,6 @@ async fn stock(
         one_time: u32::try_from(one_time).map_err(|_| StoreError::Corrupt("count"))?,
         last_resort,
     })
-}
-
-/// Appends a payload to a device's mailbox under its next sequence number (locking the
-/// device row until commit), unless the mailbox holds `quota` envelopes: then counts it as
-/// dropped. Returns the sequence number if stored.
-async fn deliver(
-    conn: &mut PgConnection,
-    device: &[u8],
-    payload: &[u8],
-    now_ms: u64,
-    quota: u32,
-) -> Result<Option<u64>, StoreError> {
-    let seq: Option<i64> = sqlx::query_scalar(
-        "UPDATE devices SET mailbox_seq = mailbox_seq + 1, mailbox_count = mailbox_count + 1 \
-         WHERE device_id = $1 AND mailbox_count < $2 RETURNING mailbox_seq",
-    )
-    .bind(device)
-    .bind(i64::from(quota))
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(seq) = seq else {
-        sqlx::query("UPDATE devices SET dropped = dropped + 1 WHERE device_id = $1")
-            .bind(device)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(None);
-    };
-    sqlx::query(
-        "INSERT INTO mailbox (device_id, seq, payload, received_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(device)
-    .bind(seq)
-    .bind(payload)
-    .bind(int(now_ms))
-    .execute(&mut *conn)
-    .await?;
-    Ok(Some(uint(seq, "seq")?))
 }
 
 /// The second key of the advisory lock on a requesting device's claims.
@@ -564,203 +435,6 @@ impl PostgresStore {
         Ok(Claim {
             device_list,
             key_packages,
-        })
-    }
-
-    async fn send_once(
-        &self,
-        msg: &OutgoingMessage,
-        now_ms: u64,
-    ) -> Result<SendOutcome, StoreError> {
-        let sender = msg.sender.as_bytes().as_slice();
-        let group = msg.group_id.as_slice();
-        let quota = self.inner.options.mailbox_quota;
-        let mut tx = self.begin().await?;
-
-        // Claim the idempotency record first: a concurrent retry of the same message (via
-        // any instance) waits here until this transaction ends, then finds the record.
-        let claimed = sqlx::query(
-            "INSERT INTO sent_messages \
-               (sender_device, message_id, message_hash, epoch, sent_at) \
-             VALUES ($1, $2, $3, -1, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(sender)
-        .bind(msg.id.as_bytes().as_slice())
-        .bind(msg.message_hash.as_slice())
-        .bind(int(now_ms / 1000))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            let (hash, epoch): (Vec<u8>, i64) = sqlx::query_as(
-                "SELECT message_hash, epoch FROM sent_messages \
-                 WHERE sender_device = $1 AND message_id = $2",
-            )
-            .bind(sender)
-            .bind(msg.id.as_bytes().as_slice())
-            .fetch_one(&mut *tx)
-            .await?;
-            return if hash == msg.message_hash {
-                Ok(SendOutcome {
-                    epoch: uint(epoch, "epoch")?,
-                    duplicate: true,
-                    delivered: Vec::new(),
-                })
-            } else {
-                Err(StoreError::IdReused)
-            };
-        }
-
-        // The group row's lock orders every message of the group across instances.
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = $1 FOR UPDATE")
-                .bind(group)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let current = current.map(|e| uint(e, "epoch")).transpose()?;
-        let is_member: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM group_members WHERE group_id = $1 AND device_id = $2",
-        )
-        .bind(group)
-        .bind(sender)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let sequenced = sequence(current, is_member.is_some(), msg.kind, msg.epoch)?;
-        let new_epoch =
-            i64::try_from(sequenced.new_epoch).map_err(|_| StoreError::EpochConflict {
-                current: current.unwrap_or_default(),
-            })?;
-
-        // A Welcome goes only to devices whose key package the sender itself claimed.
-        let mut welcomed: Vec<Vec<u8>> = Vec::new();
-        if let Some(welcome) = &msg.welcome {
-            for kp_ref in &welcome.kp_refs {
-                let dev: Vec<u8> = sqlx::query_scalar(
-                    "SELECT kp.device_id FROM key_packages kp WHERE kp.kp_ref = $1 AND ( \
-                       (NOT kp.last_resort AND kp.claimed_by = $2) \
-                       OR (kp.last_resort AND EXISTS ( \
-                         SELECT 1 FROM key_package_claims c \
-                         WHERE c.kp_ref = kp.kp_ref AND c.claimed_by = $2)))",
-                )
-                .bind(kp_ref.as_slice())
-                .bind(sender)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::UnclaimedKeyPackageRef)?;
-                if !welcomed.contains(&dev) {
-                    welcomed.push(dev);
-                }
-            }
-        }
-
-        for dev in &msg.removed_devices {
-            if *dev == msg.sender {
-                return Err(StoreError::InvalidRemoval(
-                    "removed_devices must not name the sending device",
-                ));
-            }
-            let on_list: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM group_members WHERE group_id = $1 AND device_id = $2",
-            )
-            .bind(group)
-            .bind(dev.as_bytes().as_slice())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if on_list.is_none() {
-                return Err(StoreError::InvalidRemoval(
-                    "every device in removed_devices must be on the group's delivery list",
-                ));
-            }
-        }
-
-        if sequenced.creates_group {
-            // Two creations of one group id race here: the loser's insert fails with a
-            // unique violation and its rerun finds the group.
-            sqlx::query("INSERT INTO groups (group_id, epoch, created_at) VALUES ($1, $2, $3)")
-                .bind(group)
-                .bind(new_epoch)
-                .bind(int(now_ms / 1000))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES ($1, $2)")
-                .bind(group)
-                .bind(sender)
-                .execute(&mut *tx)
-                .await?;
-        } else if Some(sequenced.new_epoch) != current {
-            sqlx::query("UPDATE groups SET epoch = $1 WHERE group_id = $2")
-                .bind(new_epoch)
-                .bind(group)
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        let recipients: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT device_id FROM group_members WHERE group_id = $1 AND device_id <> $2",
-        )
-        .bind(group)
-        .bind(sender)
-        .fetch_all(&mut *tx)
-        .await?;
-        // Device rows are locked in ascending id order, so two sends never deadlock; per
-        // device the message comes before the Welcome.
-        let mut deliveries: Vec<(&[u8], &[u8])> = recipients
-            .iter()
-            .map(|dev| (dev.as_slice(), msg.message.as_slice()))
-            .collect();
-        if let Some(welcome) = &msg.welcome {
-            deliveries.extend(
-                welcomed
-                    .iter()
-                    .map(|dev| (dev.as_slice(), welcome.message.as_slice())),
-            );
-        }
-        deliveries.sort_by(|a, b| a.0.cmp(b.0));
-        let mut delivered = Vec::with_capacity(deliveries.len());
-        for (dev, payload) in deliveries {
-            if let Some(seq) = deliver(&mut tx, dev, payload, now_ms, quota).await? {
-                delivered.push((device_id(dev)?, seq));
-            }
-        }
-        for dev in &welcomed {
-            sqlx::query(
-                "INSERT INTO group_members (group_id, device_id) VALUES ($1, $2) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(group)
-            .bind(dev.as_slice())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for dev in &msg.removed_devices {
-            sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = $2")
-                .bind(group)
-                .bind(dev.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        sqlx::query(
-            "UPDATE sent_messages SET epoch = $1 WHERE sender_device = $2 AND message_id = $3",
-        )
-        .bind(new_epoch)
-        .bind(sender)
-        .bind(msg.id.as_bytes().as_slice())
-        .execute(&mut *tx)
-        .await?;
-        // Delivered to listeners when (and only if) the transaction commits.
-        for payload in payloads(&delivered) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(SendOutcome {
-            epoch: sequenced.new_epoch,
-            duplicate: false,
-            delivered,
         })
     }
 
@@ -1121,51 +795,5 @@ impl Store for PostgresStore {
             self.pool().close().await;
             Ok(())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_and_respect_the_size_limit() {
-        let delivered: Vec<(DeviceId, u64)> = (0..1000u64)
-            .map(|i| (DeviceId(rand::random()), u64::MAX - i))
-            .collect();
-        let payloads = payloads(&delivered);
-        assert!(payloads.len() > 1);
-        let mut parsed = Vec::new();
-        for payload in &payloads {
-            assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
-            parsed.extend(parse_payload(payload).expect("parses"));
-        }
-        assert_eq!(parsed, delivered);
-        // Each payload but the last is full: one more entry would not have fitted.
-        let entry = 32 + 1 + 20 + 1;
-        for payload in &payloads[..payloads.len() - 1] {
-            assert!(payload.len() + entry > MAX_PAYLOAD);
-        }
-        assert!(payloads(&[]).is_empty());
-    }
-
-    #[test]
-    fn malformed_payloads_are_refused() {
-        let device = DeviceId([7; 16]).to_hex();
-        assert_eq!(
-            parse_payload(&format!("{device}:5")),
-            Some(vec![(DeviceId([7; 16]), 5)])
-        );
-        for bad in [
-            "",
-            "zz:1",
-            &format!("{device}"),
-            &format!("{device}:"),
-            &format!("{device}:-1"),
-            &format!("{device}:1,"),
-            &format!("{}:1", &device[..30]),
-        ] {
-            assert_eq!(parse_payload(bad), None, "{bad:?}");
-        }
     }
 }

@@ -96,7 +96,7 @@ pub(super) async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let ops: Vec<Op> = batch.drain(..).collect();
+        let ops = std::mem::take(&mut batch);
         commit_batch(&pool, quota, &wakeups, ops).await;
     }
 }
