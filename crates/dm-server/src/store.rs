@@ -8,10 +8,11 @@
 //! delivery service live in [`sequence`], shared by every implementation.
 //!
 //! What is stored: accounts (handle, account key, signed device list), devices (device key,
-//! mailbox counter), login challenges, hashed session tokens, key packages and who claimed
-//! them, per-group epoch and delivery list, per-device mailboxes of opaque MLS messages, and
-//! the (device, message id) pairs that make retries idempotent. Never a private key or a
-//! plaintext.
+//! mailbox counters: last sequence number, envelopes held, envelopes dropped), login
+//! challenges, hashed session tokens, key packages and who claimed them, a log of the last
+//! hour's claims (for the claim limits), per-group epoch and delivery list, per-device
+//! mailboxes of opaque MLS messages, and the (device, message id) pairs that make retries
+//! idempotent. Never a private key or a plaintext.
 
 mod convert;
 pub mod postgres;
@@ -270,10 +271,10 @@ pub struct SweepStats {
     pub claim_log: u64,
 }
 
-/// How long the relay keeps things, in seconds. All of them are the one published
-/// [`dm_wire::api::limits::MAILBOX_RETENTION_SECS`]: whatever a client may still retry or
-/// route (a send, a Welcome to a claimed key package) stays known as long as the envelopes
-/// it produced can wait in a mailbox.
+/// How long the relay keeps things, in seconds. Apart from the claim limits' window, all of
+/// them are the one published [`dm_wire::api::limits::MAILBOX_RETENTION_SECS`]: whatever a
+/// client may still retry or route (a send, a Welcome to a claimed key package) stays known
+/// as long as the envelopes it produced can wait in a mailbox (by default).
 pub mod retention {
     use dm_wire::api::limits::{IDEMPOTENCY_RETENTION_SECS, MAILBOX_RETENTION_SECS};
 

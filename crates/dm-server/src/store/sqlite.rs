@@ -4,10 +4,10 @@
 //! with `SQLITE_BUSY` under concurrency instead of waiting for the busy timeout.
 //!
 //! Group commit: [`Store::send`] and [`Store::ack`] do not commit one by one. They are queued
-//! to one writer task ([`writer`]) that runs every queued operation (up to
-//! [`writer::MAX_BATCH`]) in one transaction with a savepoint per operation, and commits
-//! once: one fsync per batch instead of one per message. Wakeups are published after the
-//! commit. This engine serves one relay process; several processes need PostgreSQL.
+//! to one writer task that runs every queued operation (up to 256) in one transaction with
+//! a savepoint per operation, and commits once: one fsync per batch instead of one per
+//! message. Wakeups are published after the commit. This engine serves one relay process;
+//! several processes need PostgreSQL.
 
 mod send;
 mod writer;
