@@ -393,3 +393,56 @@ async fn database_is_in_wal_mode() {
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+/// SQLite group commit: when the batch's transaction cannot be begun or committed (here:
+/// another connection holds the write lock past the busy timeout), every send of the
+/// batch fails and none of them is stored; the writer carries on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_every_operation_in_it() {
+    use std::str::FromStr as _;
+
+    use sqlx::ConnectOptions as _;
+
+    let relay = Relay::start().await;
+    let store = relay.store_arc();
+    let alice = account(store.as_ref(), "alice").await;
+    let bob = account(store.as_ref(), "bob").await;
+    let group_id = group(store.as_ref(), alice, &[("bob", bob)]).await;
+    let mut blocker =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&Relay::database_url(relay.dir()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, group_id) = (store.clone(), group_id.clone());
+        tasks.spawn(async move {
+            store
+                .send(
+                    message(alice, &group_id, ContentKind::Application, 1),
+                    now_secs() * 1000,
+                )
+                .await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let err = result.unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::BatchCommit(_)), "{err}");
+    }
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let outcome = store
+        .send(
+            message(alice, &group_id, ContentKind::Application, 1),
+            now_secs() * 1000,
+        )
+        .await
+        .unwrap();
+    // Only the Welcome and this message are stored.
+    assert_eq!(outcome.delivered, vec![(bob, 2)]);
+    assert_eq!(store.fetch(bob, 0, 100).await.unwrap().envelopes.len(), 2);
+}
