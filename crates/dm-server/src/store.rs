@@ -323,6 +323,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// Wakeups a [`Store::subscribe`] receiver may fall behind by before it is told it lagged.
+pub(crate) const WAKEUP_CAPACITY: usize = 4096;
+
 /// A signal that new envelopes wait, published to every relay instance sharing the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wakeup {

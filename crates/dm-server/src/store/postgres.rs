@@ -99,7 +99,7 @@ impl PostgresStore {
             .await?;
         // Listening before `connect` returns: nothing committed afterwards is missed.
         let listener = notify::start_listener(&listen_pool).await?;
-        let (wakeups, _) = broadcast::channel(super::sqlite::WAKEUP_CAPACITY);
+        let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
         let task = tokio::spawn(notify::listen(
             listener,
             listen_pool.clone(),

@@ -43,8 +43,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: u32 = 8;
 /// Operations waiting for the writer task before senders wait for room.
 const WRITER_QUEUE: usize = 4096;
-/// Wakeups a subscriber may fall behind by before it is told it lagged.
-pub(crate) const WAKEUP_CAPACITY: usize = 4096;
 
 /// The relay's state in one SQLite database file.
 #[derive(Clone, Debug)]
@@ -78,7 +76,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let (wakeups, _) = broadcast::channel(WAKEUP_CAPACITY);
+        let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
         let (queue, ops) = mpsc::channel(WRITER_QUEUE);
         let task = tokio::spawn(writer::run(
             pool.clone(),
