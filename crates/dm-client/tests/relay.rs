@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dm_client::{Client, CreateOptions, Event, Handle};
 use dm_server::AppState;
+use dm_server::store::StoreOptions;
 use dm_server::store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
@@ -22,7 +23,11 @@ async fn start_relay() -> Relay {
 async fn start_relay_with(max_websockets: usize) -> Relay {
     let dir = TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
-    let store = Arc::new(SqliteStore::connect(&db).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::connect(&db, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = dm_server::app(AppState::new(store).with_max_websockets(max_websockets));

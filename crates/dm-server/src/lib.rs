@@ -46,8 +46,7 @@ use crate::error::ApiError;
 use crate::limits::{LimitedListener, PeerAddr, RateLimit, RateLimiter};
 use crate::metrics::{Metrics, WebSocketGuard};
 use crate::push::Push;
-use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 
 /// How often expired rows are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -325,7 +324,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The database URL names an engine this build does not support.
-    #[error("unsupported database URL (expected sqlite://PATH)")]
+    #[error("unsupported database URL (expected sqlite://PATH or postgres://USER@HOST/DATABASE)")]
     UnsupportedDatabase,
     /// The database could not be opened or migrated.
     #[error("cannot open the database: {0}")]
@@ -352,10 +351,10 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if !config.database_url.starts_with("sqlite:") {
-        return Err(ServeError::UnsupportedDatabase);
-    }
-    let store = Arc::new(SqliteStore::connect(&config.database_url).await?);
+    let store = match store::open(&config.database_url, config.store_options()).await {
+        Err(StoreError::UnsupportedDatabaseUrl) => return Err(ServeError::UnsupportedDatabase),
+        opened => opened?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -411,14 +410,16 @@ pub async fn serve(
     };
     sweeper.abort();
     state.push().closed(PUSH_CLOSE_GRACE).await;
+    let close = async {
+        if let Err(err) = store.close().await {
+            tracing::warn!(error = %err, "closing the store failed");
+        }
+    };
     if finished {
-        store.close().await;
+        close.await;
     } else {
         tracing::warn!("the grace period is over: closing the connections still open");
-        if tokio::time::timeout(CLOSE_TIMEOUT, store.close())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
             tracing::warn!("the database did not close in time");
         }
     }

@@ -333,12 +333,13 @@ impl Connection {
     /// Sends every stored envelope after `sent_up_to`.
     async fn push_pending(&mut self) -> Result<(), Stop> {
         loop {
-            let (envelopes, more) = self
+            let page = self
                 .state
                 .store()
                 .fetch(self.device, self.sent_up_to, MAX_PUSH_BATCH)
                 .await
                 .map_err(|err| store_failure(&err))?;
+            let (envelopes, more, dropped) = (page.envelopes, page.more, page.dropped);
             let Some(last) = envelopes.last() else {
                 return Ok(());
             };
@@ -347,7 +348,8 @@ impl Connection {
             let mut bytes = 0usize;
             for e in envelopes {
                 if !batch.is_empty() && bytes + e.payload.len() > FRAME_PAYLOAD_BUDGET {
-                    self.send_envelopes(std::mem::take(&mut batch)).await?;
+                    self.send_envelopes(std::mem::take(&mut batch), dropped)
+                        .await?;
                     bytes = 0;
                 }
                 bytes += e.payload.len();
@@ -357,7 +359,7 @@ impl Connection {
                     received_at: e.received_at,
                 });
             }
-            self.send_envelopes(batch).await?;
+            self.send_envelopes(batch, dropped).await?;
             self.sent_up_to = last_seq;
             if !more {
                 return Ok(());
@@ -365,9 +367,9 @@ impl Connection {
         }
     }
 
-    async fn send_envelopes(&mut self, envelopes: Vec<Envelope>) -> Result<(), Stop> {
+    async fn send_envelopes(&mut self, envelopes: Vec<Envelope>, dropped: u64) -> Result<(), Stop> {
         let count = envelopes.len() as u64;
-        self.send_frame(&ServerFrame::Envelopes { envelopes })
+        self.send_frame(&ServerFrame::Envelopes { envelopes, dropped })
             .await
             .map_err(|()| Stop::Gone)?;
         self.state

@@ -297,7 +297,7 @@ async fn health_and_readiness() {
 
     // A relay whose database is gone is not ready, but alive.
     let relay = Relay::start().await;
-    relay.store().close().await;
+    relay.store().close().await.expect("close");
     let resp = relay.get("/readyz", None).await;
     resp.assert_error(503, "unavailable");
     assert!(

@@ -263,6 +263,13 @@ pub struct MailboxResponse {
     pub more: bool,
     /// The device's key package stock, so clients know when to replenish.
     pub key_packages: KeyPackageStock,
+    /// Envelopes for this device that the relay did not store because its mailbox was full
+    /// (the operator's quota), counted since the device was registered; it only grows.
+    /// When it grew since the last fetch, the device missed messages it can never get: a
+    /// client reports that to its user and rejoins the affected conversations (or all of
+    /// them, as it cannot tell which). Absent (0) from relays that predate it.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Acknowledges (and so deletes) every envelope up to and including `up_to`.
@@ -295,6 +302,9 @@ pub enum ServerFrame {
     Envelopes {
         /// The envelopes.
         envelopes: Vec<Envelope>,
+        /// The device's `dropped` counter, as in [`MailboxResponse::dropped`].
+        #[serde(default)]
+        dropped: u64,
     },
     /// The relay deleted the envelopes up to `up_to` after a [`ClientFrame::Ack`].
     Acked {

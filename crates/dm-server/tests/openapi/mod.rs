@@ -323,6 +323,7 @@ fn openapi_schemas_match_the_wire_types() {
                 envelopes: vec![],
                 more: false,
                 key_packages: stock,
+                dropped: 0,
             };
             ("MailboxResponse", keys(&v), keys(&v))
         },

@@ -60,7 +60,7 @@ async fn envelopes(socket: &mut Socket, count: usize) -> Vec<Envelope> {
     let mut out = Vec::new();
     while out.len() < count {
         match next_frame(socket).await.expect("socket open") {
-            ServerFrame::Envelopes { envelopes } => out.extend(envelopes),
+            ServerFrame::Envelopes { envelopes, .. } => out.extend(envelopes),
             other => panic!("expected envelopes, got {other:?}"),
         }
     }
