@@ -206,9 +206,82 @@ impl Relay {
             .count()
     }
 
-    /// Paths of the relay's database files (main file, WAL, shared memory) and its log.
+    /// Paths of the relay's files: its log and, on SQLite, its database files (main file,
+    /// WAL, shared memory). On PostgreSQL, the database's content is dumped as text into
+    /// `database-dump.txt` (every row of every table, bytes as hex) and that file is listed.
     pub fn files(&self) -> Vec<PathBuf> {
+        if self.postgres.is_some() {
+            self.dump_postgres();
+        }
         files_under(&self.dir)
+    }
+
+    /// Whether the relay runs on PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// Runs SQL statements against the relay's PostgreSQL database (as a hostile operator
+    /// would); each statement gets the binds given with it.
+    pub fn postgres_execute(&self, statements: Vec<(String, Vec<Vec<u8>>)>) {
+        let url = self.database_url.clone();
+        block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            for (sql, binds) in statements {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for bind in binds {
+                    query = query.bind(bind);
+                }
+                query.execute(&mut conn).await.expect("statement");
+            }
+        });
+    }
+
+    /// One column of one row from the relay's PostgreSQL database.
+    pub fn postgres_bytes(&self, sql: &str, bind: Vec<u8>) -> Vec<u8> {
+        let url = self.database_url.clone();
+        let sql = sql.to_owned();
+        block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(sql));
+            if !bind.is_empty() {
+                query = query.bind(bind);
+            }
+            query.fetch_one(&mut conn).await.expect("row")
+        })
+    }
+
+    fn dump_postgres(&self) {
+        let url = self.database_url.clone();
+        let dump = block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' ORDER BY table_name",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+            let mut out = String::new();
+            for table in tables {
+                let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT t::text FROM \"{table}\" t"
+                )))
+                .fetch_all(&mut conn)
+                .await
+                .expect("rows");
+                out.push_str(&format!("-- {table}: {} rows\n", rows.len()));
+                for row in rows {
+                    out.push_str(&row);
+                    out.push('\n');
+                }
+            }
+            out
+        });
+        std::fs::write(self.dir.join("database-dump.txt"), dump).expect("write dump");
     }
 }
 
