@@ -403,6 +403,9 @@ async fn metrics_change_after_traffic() {
     let after = scrape(&relay).await;
     // `pair` fetched the welcome (1), then Bob fetched the message (1).
     assert_eq!(after["dm_envelopes_delivered_total"], 2.0);
+    // The first commit reaches no one (Alice was alone), its Welcome reaches Bob (1),
+    // then the message (1).
+    assert_eq!(after["dm_envelopes_stored_total"], 2.0);
     let count = |route: &str, method: &str, status: u16| {
         after
             .get(&format!(
