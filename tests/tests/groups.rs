@@ -282,3 +282,67 @@ fn a_device_that_lost_its_state_rejoins_through_recovery() {
         .clone();
     assert_eq!(devices, serde_json::json!([fresh.device_id()]));
 }
+
+/// A device misses more than it can catch up: the relay's mailbox quota refuses envelopes
+/// for it while it is offline. When it comes back it reports how many were refused, rejoins
+/// its conversations under a new device identity (the other members re-add it when they
+/// sync), and receives what is sent from then on.
+#[test]
+fn a_device_that_missed_too_much_reports_it_and_rejoins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_args(
+        &tmp.path().join("relay"),
+        dm_tests::Engine::from_env(),
+        &["--mailbox-quota", "6"],
+    );
+    let url = relay.url();
+    let [alice, bob, carol] =
+        <[User; 3]>::try_from(users(tmp.path(), &url, &["alice", "bob", "carol"]))
+            .ok()
+            .unwrap();
+    let out = alice.ok(&["group", "create", "hike", "bob", "carol"]);
+    let group = out.lines().last().unwrap().trim().to_owned();
+    bob.inbox();
+    carol.inbox();
+    let old_device = carol.device_id();
+
+    // carol is offline; bob reads along, so only carol's mailbox fills up.
+    for batch in 0..2 {
+        for i in 0..5 {
+            alice.ok(&["send", "hike", &format!("message {batch}.{i}")]);
+        }
+        assert_eq!(texts(&bob.messages()).len(), 5);
+    }
+    let events = carol.inbox();
+    assert_eq!(texts(&events).len(), 6, "the quota kept six: {events:?}");
+    let dropped: u64 = events
+        .iter()
+        .filter(|e| e["type"] == "messages_dropped")
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 4, "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "rejoining"), "{events:?}");
+    let new_device = carol.device_id();
+    assert_ne!(new_device, old_device);
+
+    // The members re-add carol's new identity when they sync.
+    let events = alice.inbox();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "devices_changed" && e["handle"] == "carol"),
+        "{events:?}"
+    );
+    let events = carol.inbox();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "rejoined" && e["conversation"] == group.as_str()),
+        "{events:?}"
+    );
+    alice.ok(&["send", "hike", "welcome back"]);
+    assert_eq!(texts(&carol.messages()), ["welcome back"]);
+    carol.ok(&["send", "hike", "thanks"]);
+    assert_eq!(texts(&alice.messages()), ["thanks"]);
+    assert_eq!(texts(&bob.messages()), ["welcome back", "thanks"]);
+}

@@ -88,6 +88,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rejoin every conversation under a new device identity (when this device is out of
+    /// sync; happens by itself after the relay refused messages for a full mailbox).
+    Rejoin,
     /// Delete this account at the relay (all its devices); the handle becomes free.
     DeleteAccount {
         /// Confirm without asking.

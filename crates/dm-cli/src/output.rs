@@ -39,6 +39,18 @@ pub fn event_text(event: &Event) -> Option<String> {
             }
             (!parts.is_empty()).then(|| format!("* {}.", parts.join("; ")))
         }
+        Event::MessagesDropped { count } => Some(format!(
+            "! The relay refused {count} message(s) for this device (its mailbox was full): this device rejoins its conversations; what was sent meanwhile is lost here."
+        )),
+        Event::Rejoining {
+            previous_device,
+            device,
+        } => Some(format!(
+            "* This device rejoins its conversations as {device} (was {previous_device}); the other members add it back when they next sync."
+        )),
+        Event::Rejoined { conversation } => {
+            Some(format!("* Rejoined conversation {conversation}."))
+        }
         Event::IdentityKeyChanged {
             handle,
             was_verified,
@@ -107,6 +119,22 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "handle": handle.as_str(),
             "added": added.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
             "removed": removed.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+        }),
+        Event::MessagesDropped { count } => json!({
+            "type": "messages_dropped",
+            "count": count,
+        }),
+        Event::Rejoining {
+            previous_device,
+            device,
+        } => json!({
+            "type": "rejoining",
+            "previous_device": previous_device.to_hex(),
+            "device": device.to_hex(),
+        }),
+        Event::Rejoined { conversation } => json!({
+            "type": "rejoined",
+            "conversation": conversation.to_hex(),
         }),
         Event::IdentityKeyChanged {
             handle,

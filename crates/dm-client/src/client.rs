@@ -56,14 +56,15 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("handle", &self.inner.me)
-            .field("device_id", &self.inner.device.id())
+            .field("device_id", &self.inner.device().id())
             .finish_non_exhaustive()
     }
 }
 
 pub(crate) struct Inner {
     pub(crate) me: Handle,
-    pub(crate) device: Device,
+    /// This device; replaced when it rejoins under a new identity ([`Client::rejoin`]).
+    device: std::sync::RwLock<Arc<Device>>,
     pub(crate) own_list: DeviceList,
     pub(crate) store: Mutex<Store>,
     pub(crate) transport: Transport,
@@ -73,6 +74,23 @@ pub(crate) struct Inner {
     pub(crate) op: tokio::sync::Mutex<()>,
     /// Locked (advisory, whole file) during each operation: serialises processes.
     lock_path: PathBuf,
+}
+
+impl Inner {
+    /// This device (as of now).
+    pub(crate) fn device(&self) -> Arc<Device> {
+        Arc::clone(&self.device.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces this device (after a rejoin).
+    pub(crate) fn set_device(&self, device: Device) {
+        *self.device.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(device);
+    }
+
+    /// Forgets the cached session (it belonged to the replaced device).
+    pub(crate) async fn clear_session(&self) {
+        *self.session.lock().await = None;
+    }
 }
 
 /// Held while a public operation runs: the in-process lock and the cross-process file lock
@@ -183,7 +201,7 @@ impl Client {
             inner: Arc::new(Inner {
                 lock_path,
                 me: device.handle().clone(),
-                device,
+                device: std::sync::RwLock::new(Arc::new(device)),
                 own_list,
                 store: Mutex::new(store),
                 transport,
@@ -265,6 +283,12 @@ impl Client {
         let _op = self.operation().await?;
         self.flush_outbox().await?;
         self.sync_mailbox().await?;
+        if self
+            .blocking(|store, _| db::rejoin_needed(store.conn()))
+            .await?
+        {
+            self.rejoin_locked().await?;
+        }
         self.refresh_device_lists().await?;
         self.reconcile().await?;
         self.flush_outbox().await?;
@@ -303,7 +327,7 @@ impl Client {
     }
 
     pub(crate) fn device_id(&self) -> DeviceId {
-        self.inner.device.id()
+        self.inner.device().id()
     }
 
     /// Starts a public operation: waits for other operations of this client, then for
@@ -368,7 +392,7 @@ impl Client {
             challenge.challenge.as_slice().try_into().map_err(|_| {
                 Error::Protocol("the relay's challenge has the wrong length".into())
             })?;
-        let signature = self.inner.device.session_proof(&bytes)?;
+        let signature = self.inner.device().session_proof(&bytes)?;
         let session = t
             .session(&SessionRequest {
                 handle: self.inner.me.clone(),

@@ -154,6 +154,65 @@ pub(crate) fn set_cursor(conn: &Connection, seq: u64) -> Result<()> {
     Ok(())
 }
 
+/// Notes the relay's `dropped` counter for this device. If it grew, queues
+/// [`Event::MessagesDropped`] and marks that the device must rejoin; returns whether it grew.
+pub(crate) fn note_dropped(conn: &Connection, dropped: u64) -> Result<bool> {
+    let seen: i64 = conn
+        .query_row("SELECT dropped_seen FROM relay WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .map_err(store_error)?;
+    let seen = seen as u64;
+    if dropped <= seen {
+        return Ok(false);
+    }
+    queue_event(
+        conn,
+        &Event::MessagesDropped {
+            count: dropped - seen,
+        },
+    )?;
+    conn.execute(
+        "UPDATE relay SET dropped_seen = ?, rejoin_needed = 1 WHERE id = 1",
+        [i64::try_from(dropped).unwrap_or(i64::MAX)],
+    )
+    .map_err(store_error)?;
+    Ok(true)
+}
+
+/// Whether this device must rejoin (see [`note_dropped`]).
+pub(crate) fn rejoin_needed(conn: &Connection) -> Result<bool> {
+    conn.query_row("SELECT rejoin_needed FROM relay WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .map_err(store_error)
+}
+
+/// This device was replaced by a new one (a rejoin): its certificate, the account's new
+/// device list, and a fresh mailbox at the relay (cursor, acknowledgements, session and
+/// `dropped` counter start over). Queued outgoing MLS messages belonged to the old device's
+/// group state and are dropped.
+pub(crate) fn replace_device(
+    conn: &Connection,
+    certificate: &DeviceCertificate,
+    list: &DeviceList,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE account SET device_certificate = ?, device_list = ? WHERE id = 1",
+        params![certificate.encode(), list.encode()],
+    )
+    .map_err(store_error)?;
+    conn.execute(
+        "UPDATE relay SET session_token = NULL, session_expires_at = NULL, mailbox_cursor = 0, \
+         acked_cursor = 0, dropped_seen = 0, rejoin_needed = 0 WHERE id = 1",
+        [],
+    )
+    .map_err(store_error)?;
+    conn.execute("DELETE FROM outbox", [])
+        .map_err(store_error)?;
+    Ok(())
+}
+
 pub(crate) fn set_acked(conn: &Connection, seq: u64) -> Result<()> {
     let seq = i64::try_from(seq)
         .map_err(|_| Error::Protocol(format!("mailbox sequence number {seq} out of range")))?;

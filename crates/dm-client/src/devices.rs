@@ -625,11 +625,100 @@ impl Client {
                 if add.is_empty() && remove.is_empty() && !conversation.has_pending_proposals() {
                     return Ok(());
                 }
-                let commit = conversation.commit_changes(provider, &inner.device, &add, &remove)?;
+                let commit =
+                    conversation.commit_changes(provider, &inner.device(), &add, &remove)?;
                 push_commit(conn, &group, Purpose::Sync, None, &commit)
             })
         })
         .await
+    }
+
+    /// Rejoins every conversation under a new device identity: for a device that missed
+    /// more than it can catch up (the relay refused envelopes for it, see
+    /// [`crate::Event::MessagesDropped`]; this happens automatically then) or whose
+    /// conversations are out of sync. The account key certifies a new device key and id
+    /// that replace this device's in the account's device list; the local group state is
+    /// dropped (the message history stays); the members remove the old identity and add
+    /// the new one when they next sync, and this device then joins again
+    /// ([`crate::Event::Rejoined`]). Returns the new device id.
+    pub async fn rejoin(&self) -> Result<DeviceId, Error> {
+        let _op = self.operation().await?;
+        self.rejoin_locked().await
+    }
+
+    pub(crate) async fn rejoin_locked(&self) -> Result<DeviceId, Error> {
+        match self.refresh_device_lists().await {
+            Err(Error::Revoked) => return Err(Error::Revoked),
+            // Best effort: the publish below is refused if our list is stale.
+            _ => {}
+        }
+        let old = self.device_id();
+        let me = self.inner.me.clone();
+        let (device, list) = self
+            .blocking(move |store, _| {
+                store.transaction(|conn, provider| {
+                    let secret = db::account_secret(conn)?;
+                    let account = AccountSecret::from_bytes(&secret);
+                    let current = db::own_list(conn)?;
+                    let device = Device::generate(
+                        provider,
+                        &mut rand::rngs::OsRng,
+                        &account,
+                        me.clone(),
+                        now_ms() / 1000,
+                    )?;
+                    let mut devices: Vec<_> = current
+                        .devices
+                        .iter()
+                        .filter(|d| d.device_id != old)
+                        .cloned()
+                        .collect();
+                    devices.push(device.certificate().clone());
+                    let list = account.issue_device_list(
+                        me.clone(),
+                        current.sequence + 1,
+                        now_ms() / 1000,
+                        devices,
+                    )?;
+                    Ok::<_, Error>((device, list))
+                })
+            })
+            .await?;
+        published_or_stale(
+            self.inner
+                .transport
+                .publish_device_list(&self.inner.me, &list)
+                .await?,
+        )?;
+        let new_id = device.id();
+        let cert = device.certificate().clone();
+        self.blocking(move |store, _| {
+            store.transaction(|conn, provider| {
+                db::replace_device(conn, &cert, &list)?;
+                for row in db::conversations(conn)? {
+                    if let Some(conversation) = e2ee_core::Conversation::load(
+                        openmls_traits::OpenMlsProvider::storage(provider),
+                        &row.group,
+                    )? {
+                        conversation.delete(openmls_traits::OpenMlsProvider::storage(provider))?;
+                    }
+                    db::set_conversation_state(conn, &row.group, ConversationState::Left)?;
+                }
+                db::queue_event(
+                    conn,
+                    &crate::Event::Rejoining {
+                        previous_device: old,
+                        device: new_id,
+                    },
+                )
+            })
+        })
+        .await?;
+        self.inner.set_device(device);
+        self.inner.clear_session().await;
+        self.replenish_now().await?;
+        tracing::debug!("rejoined under a new device identity");
+        Ok(new_id)
     }
 
     /// Deletes this account at the relay (every device of it); the handle becomes free.

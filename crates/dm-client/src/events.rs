@@ -30,6 +30,27 @@ pub enum Event {
         /// Devices removed.
         removed: Vec<DeviceId>,
     },
+    /// The relay refused envelopes for this device because its mailbox was full: messages
+    /// and group changes were missed. The device rejoins its conversations (see
+    /// [`Event::Rejoining`]).
+    MessagesDropped {
+        /// How many envelopes were refused since the last report.
+        count: u64,
+    },
+    /// This device rejoins its conversations under a new device identity (it missed more
+    /// than it can catch up, or the user asked): the members add the new identity when they
+    /// next sync. Messages sent before that cannot be read here.
+    Rejoining {
+        /// The identity this device had.
+        previous_device: DeviceId,
+        /// Its new identity.
+        device: DeviceId,
+    },
+    /// This device is back in a conversation after rejoining.
+    Rejoined {
+        /// The conversation.
+        conversation: GroupId,
+    },
     /// The account key of a contact changed: the account was re-created under the same
     /// handle, or the relay substitutes keys. If the old key was verified, sending to the
     /// contact is refused until the user verifies the new key.

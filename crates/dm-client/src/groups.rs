@@ -175,10 +175,10 @@ impl Client {
                         &claims.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
                     )?;
                     let mut conversation =
-                        Conversation::create_group(provider, &inner.device, &name)?;
+                        Conversation::create_group(provider, &inner.device(), &name)?;
                     let group = conversation.id();
                     let commit =
-                        conversation.commit_changes(provider, &inner.device, &packages, &[])?;
+                        conversation.commit_changes(provider, &inner.device(), &packages, &[])?;
                     db::insert_conversation(
                         conn,
                         &group,
@@ -223,7 +223,7 @@ impl Client {
                     packages.extend(valid);
                 }
                 let commit =
-                    conversation.commit_changes(provider, &inner.device, &packages, &[])?;
+                    conversation.commit_changes(provider, &inner.device(), &packages, &[])?;
                 push_commit(conn, &group, Purpose::Members, None, &commit)
             })
         })
@@ -254,7 +254,8 @@ impl Client {
                 if remove.is_empty() {
                     return Err(Error::InvalidInput(format!("{member} is not a member")));
                 }
-                let commit = conversation.commit_changes(provider, &inner.device, &[], &remove)?;
+                let commit =
+                    conversation.commit_changes(provider, &inner.device(), &[], &remove)?;
                 push_commit(conn, &group, Purpose::Members, None, &commit)
             })
         })

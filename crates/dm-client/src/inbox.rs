@@ -71,6 +71,11 @@ impl Client {
                 limits::DEFAULT_FETCH
             ))
             .await?;
+            let dropped = page.dropped;
+            self.blocking(move |store, _| {
+                store.transaction(|conn, _| db::note_dropped(conn, dropped))
+            })
+            .await?;
             let progressed = page.envelopes.iter().any(|e| e.seq > cursor);
             for envelope in page.envelopes {
                 self.process_envelope(envelope).await?;
@@ -169,9 +174,9 @@ impl Client {
         let request = self
             .blocking(move |store, inner| {
                 store.transaction(|_, provider| {
-                    let key_packages = key_package::generate(provider, &inner.device, one_time)?;
+                    let key_packages = key_package::generate(provider, &inner.device(), one_time)?;
                     let last_resort = last_resort
-                        .then(|| key_package::generate_last_resort(provider, &inner.device))
+                        .then(|| key_package::generate_last_resort(provider, &inner.device()))
                         .transpose()?;
                     Ok::<_, Error>(UploadKeyPackagesRequest {
                         key_packages,
@@ -277,6 +282,8 @@ fn record(
             with.dedup();
             let meta = load(provider, group)?.meta()?;
             let peer = (meta.is_none() && with.len() == 1).then(|| &with[0]);
+            // A conversation we knew before: this device rejoined it.
+            let rejoined = db::conversation(conn, group)?.is_some();
             db::insert_conversation(conn, group, peer, ConversationState::Active, now_ms())?;
             db::set_members(conn, group, &with)?;
             db::touch_device(
@@ -288,6 +295,14 @@ fn record(
             let name = meta.map(|m| m.name);
             if let Some(name) = &name {
                 db::set_conversation_name(conn, group, name)?;
+            }
+            if rejoined {
+                return db::queue_event(
+                    conn,
+                    &Event::Rejoined {
+                        conversation: group.clone(),
+                    },
+                );
             }
             db::queue_event(
                 conn,

@@ -37,6 +37,7 @@ pub mod events;
 mod groups;
 mod inbox;
 mod outbox;
+mod push;
 mod schema;
 mod store;
 mod transport;
@@ -55,3 +56,4 @@ pub use events::{
     StoredMessage, Verification, WhoAmI,
 };
 pub use groups::Target;
+pub use push::{Live, LiveMode};

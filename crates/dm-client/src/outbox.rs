@@ -92,9 +92,9 @@ impl Client {
                 if packages.is_empty() {
                     return Err(Error::NoDevices(peer.clone()));
                 }
-                let mut conversation = Conversation::create(provider, &inner.device)?;
+                let mut conversation = Conversation::create(provider, &inner.device())?;
                 let group = conversation.id();
-                let commit = conversation.invite(provider, &inner.device, &packages)?;
+                let commit = conversation.invite(provider, &inner.device(), &packages)?;
                 db::insert_conversation(
                     conn,
                     &group,
@@ -121,14 +121,14 @@ impl Client {
                 let id = MessageId(random_16());
                 let sent_at = now_ms();
                 let content = Content::text(id, sent_at, text.clone());
-                let bytes = conversation.encrypt(provider, &inner.device, &content)?;
+                let bytes = conversation.encrypt(provider, &inner.device(), &content)?;
                 db::insert_message(
                     conn,
                     &NewMessage {
                         id,
                         group: &group,
                         sender: &inner.me,
-                        sender_device: inner.device.id(),
+                        sender_device: inner.device().id(),
                         sent_at,
                         received_at: None,
                         body: &text,
@@ -156,7 +156,7 @@ impl Client {
                 if sent >= SELF_UPDATE_EVERY_MESSAGES
                     || sent_at.saturating_sub(updated_at) >= SELF_UPDATE_EVERY_MS
                 {
-                    let commit = conversation.self_update(provider, &inner.device)?;
+                    let commit = conversation.self_update(provider, &inner.device())?;
                     push_commit(conn, &group, Purpose::SelfUpdate, None, &commit)?;
                 }
                 Ok(SentMessage {
@@ -177,7 +177,7 @@ impl Client {
                 if !conversation.is_active() || conversation.has_pending_commit() {
                     return Ok(());
                 }
-                let commit = conversation.self_update(provider, &inner.device)?;
+                let commit = conversation.self_update(provider, &inner.device())?;
                 push_commit(conn, &group, Purpose::SelfUpdate, None, &commit)
             })
         })
@@ -219,7 +219,7 @@ impl Client {
                 if conversation.has_pending_commit() {
                     conversation.clear_pending_commit(provider)?;
                 }
-                for proposal in conversation.propose_leave(provider, &inner.device)? {
+                for proposal in conversation.propose_leave(provider, &inner.device())? {
                     db::outbox_push(
                         conn,
                         &NewOutbox {
@@ -267,7 +267,7 @@ impl Client {
                 if packages.is_empty() {
                     return Ok(());
                 }
-                let commit = conversation.invite(provider, &inner.device, &packages)?;
+                let commit = conversation.invite(provider, &inner.device(), &packages)?;
                 push_commit(conn, &group, purpose, Some(&peer), &commit)
             })
         })

@@ -118,6 +118,11 @@ ALTER TABLE conversations ADD COLUMN leaving           INTEGER NOT NULL DEFAULT 
 ALTER TABLE conversations ADD COLUMN updated_at        INTEGER;
 ALTER TABLE conversations ADD COLUMN sent_since_update INTEGER NOT NULL DEFAULT 0;
 
+-- The relay's `dropped` counter for this device as last seen (envelopes a full mailbox
+-- refused), and whether this device must rejoin its conversations because of it.
+ALTER TABLE relay ADD COLUMN dropped_seen  INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE relay ADD COLUMN rejoin_needed INTEGER NOT NULL DEFAULT 0;
+
 -- When each device (ours and our contacts') was last heard from (unix ms).
 CREATE TABLE device_activity (
     device_id BLOB PRIMARY KEY,

@@ -140,7 +140,7 @@ async fn no_plaintext_or_private_key_on_disk_and_outbox_keeps_unsent_messages() 
     alice
         .blocking(move |store, inner| {
             store.transaction(|conn, provider| {
-                let c = Conversation::create(provider, &inner.device)?;
+                let c = Conversation::create(provider, &inner.device())?;
                 db::insert_conversation(
                     conn,
                     &c.id(),
@@ -267,11 +267,11 @@ async fn alice_invites_bob(alice: &Client, bob: &Client) -> (Vec<u8>, dm_wire::G
     let bob_list = bob.inner.own_list.encode();
     let kp = bob
         .blocking(|store, inner| {
-            store.transaction(|_, provider| Ok::<_, Error>(generate(provider, &inner.device, 1)?))
+            store.transaction(|_, provider| Ok::<_, Error>(generate(provider, &inner.device(), 1)?))
         })
         .await
         .unwrap();
-    let bob_device = bob.inner.device.id();
+    let bob_device = bob.inner.device().id();
     alice
         .blocking(move |store, inner| {
             store.transaction(|conn, provider| {
@@ -281,8 +281,8 @@ async fn alice_invites_bob(alice: &Client, bob: &Client) -> (Vec<u8>, dm_wire::G
                     key_package: kp[0].clone(),
                 }];
                 let packages = validate_claimed(provider.crypto(), &list, &claimed)?;
-                let mut c = Conversation::create(provider, &inner.device)?;
-                let out = c.invite(provider, &inner.device, &packages)?;
+                let mut c = Conversation::create(provider, &inner.device())?;
+                let out = c.invite(provider, &inner.device(), &packages)?;
                 c.merge_pending_commit(provider)?;
                 db::insert_conversation(
                     conn,
@@ -325,7 +325,7 @@ async fn encrypt(client: &Client, group: &dm_wire::GroupId, content: Content) ->
         .blocking(move |store, inner| {
             store.transaction(|_, provider| {
                 let mut c = Conversation::load(provider.storage(), &group)?.unwrap();
-                Ok::<_, Error>(c.encrypt(provider, &inner.device, &content)?)
+                Ok::<_, Error>(c.encrypt(provider, &inner.device(), &content)?)
             })
         })
         .await
@@ -422,6 +422,7 @@ async fn envelopes_are_processed_in_transactions_that_roll_back_on_error() {
             Event::MembersChanged { .. } => "members".into(),
             Event::DevicesChanged { .. } => "devices".into(),
             Event::IdentityKeyChanged { handle, .. } => format!("key changed {handle}"),
+            other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(
@@ -436,7 +437,7 @@ async fn envelopes_are_processed_in_transactions_that_roll_back_on_error() {
     );
     if let Event::Message(m) = &events[1] {
         assert_eq!(m.conversation, group);
-        assert_eq!(m.from_device, alice.inner.device.id());
+        assert_eq!(m.from_device, alice.inner.device().id());
         assert_eq!((m.sent_at, m.received_at), (5, 1_002));
     }
     // Drained events are gone; the history has both messages.

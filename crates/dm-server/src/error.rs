@@ -23,6 +23,8 @@ pub struct ApiError {
     epoch: Option<u64>,
     /// The stored device list, answered with `stale_device_list` only.
     device_list: Option<Vec<u8>>,
+    /// Seconds for the `Retry-After` header of `rate_limited` (60 when unset).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -33,6 +35,15 @@ impl ApiError {
             message: message.into(),
             epoch: None,
             device_list: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// `429 rate_limited`, with a `Retry-After` header of `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -47,6 +58,7 @@ impl ApiError {
             .into(),
             epoch: Some(current),
             device_list: None,
+            retry_after_secs: None,
         }
     }
 
@@ -149,9 +161,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if self.code == ErrorCode::RateLimited {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs.unwrap_or(60)),
+            );
         }
         response
     }
@@ -209,9 +222,19 @@ impl From<StoreError> for ApiError {
                 Self::invalid_request("a registered device's key cannot change")
             }
             StoreError::LinkSlotTaken => Self::invalid_request("this link slot is in use"),
-            err @ (StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)) => {
-                Self::internal(err)
-            }
+            StoreError::RateLimited { retry_after_secs } => Self::rate_limited(
+                format!(
+                    "too many key package claims from this device: retry after \
+                     {retry_after_secs} s"
+                ),
+                retry_after_secs,
+            ),
+            StoreError::Closed => Self::new(ErrorCode::Unavailable, "the relay is shutting down"),
+            err @ (StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::UnsupportedDatabaseUrl
+            | StoreError::BatchCommit(_)) => Self::internal(err),
         }
     }
 }

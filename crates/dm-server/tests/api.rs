@@ -5,6 +5,7 @@
 mod binary;
 mod devices;
 mod messages;
+mod push;
 mod store;
 mod support;
 

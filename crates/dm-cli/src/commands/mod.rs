@@ -36,6 +36,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => groups::verify(&open(&home).await?, handle, confirm, group).await,
         Command::Group { command } => groups::run(&open(&home).await?, command).await,
         Command::Conversations { json } => groups::conversations(&open(&home).await?, json).await,
+        Command::Rejoin => {
+            let client = open(&home).await?;
+            let id = client.rejoin().await?;
+            println!(
+                "This device rejoins as {id}: the other members add it back when they next sync."
+            );
+            Ok(())
+        }
         Command::DeleteAccount { yes } => {
             if !yes {
                 anyhow::bail!(
