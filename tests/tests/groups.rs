@@ -321,7 +321,10 @@ fn a_device_that_missed_too_much_reports_it_and_rejoins() {
         .map(|e| e["count"].as_u64().unwrap())
         .sum();
     assert_eq!(dropped, 4, "{events:?}");
-    assert!(events.iter().any(|e| e["type"] == "rejoining"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["type"] == "rejoining"),
+        "{events:?}"
+    );
     let new_device = carol.device_id();
     assert_ne!(new_device, old_device);
 
