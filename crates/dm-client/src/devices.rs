@@ -647,10 +647,9 @@ impl Client {
     }
 
     pub(crate) async fn rejoin_locked(&self) -> Result<DeviceId, Error> {
-        match self.refresh_device_lists().await {
-            Err(Error::Revoked) => return Err(Error::Revoked),
-            // Best effort: the publish below is refused if our list is stale.
-            _ => {}
+        // Best effort: the publish below is refused if our list is stale.
+        if let Err(Error::Revoked) = self.refresh_device_lists().await {
+            return Err(Error::Revoked);
         }
         let old = self.device_id();
         let me = self.inner.me.clone();

@@ -485,7 +485,7 @@ fn a_member_leaves_through_proposals_the_next_committer_carries_out() {
         .process(
             &alice.provider,
             &dir,
-            MlsMessageIn::tls_deserialize_exact(&encode(&proposal).unwrap())
+            MlsMessageIn::tls_deserialize_exact(encode(&proposal).unwrap())
                 .unwrap()
                 .try_into_protocol_message()
                 .unwrap(),

@@ -9,7 +9,7 @@
 //! 2. An **existing device**, given the code by its user, fetches the request, checks the
 //!    HMAC, shows the new device's key fingerprint and, once the user confirms, signs the
 //!    new device's certificate and a new device list with the account key, publishes the
-//!    list, and leaves a [`LinkResponse`] at the slot: the account secret and the new device
+//!    list, and leaves a link response (see [`seal_response`]) at the slot: the account secret and the new device
 //!    list, sealed with HPKE to the new device's ephemeral key (the slot is the AAD).
 //! 3. The new device opens the response, checks that the list contains it and is signed by
 //!    the account secret it received, and from then on is a device like any other.
