@@ -174,6 +174,15 @@ fn recovered_account_revokes_a_lost_device_which_then_reads_nothing_new() {
 
     let list = recovered.ok(&["device", "list"]);
     assert!(list.contains(&lost), "{list}");
+    let epoch_before = bob.conversations()[0]["epoch"].as_u64().unwrap();
+    let code = |u: &User, id: &str| {
+        u.ok(&["verify", "--group", id])
+            .lines()
+            .find_map(|l| l.strip_prefix("group code: ").map(str::to_owned))
+            .unwrap()
+    };
+    let conversation = bob.conversations()[0]["id"].as_str().unwrap().to_owned();
+    let code_before = code(&bob, &conversation);
     recovered.ok(&["device", "revoke", &lost]);
     let list = recovered.ok(&["device", "list"]);
     assert!(!list.contains(&lost), "{list}");
@@ -191,6 +200,9 @@ fn recovered_account_revokes_a_lost_device_which_then_reads_nothing_new() {
     );
     let convs = bob.conversations();
     assert_eq!(devices_of(&convs[0], "alice"), [recovered.device_id()]);
+    // The revocation was a commit: the group's keys rotated.
+    assert!(convs[0]["epoch"].as_u64().unwrap() > epoch_before);
+    assert_ne!(code(&bob, &conversation), code_before);
     assert!(
         recovered
             .inbox()

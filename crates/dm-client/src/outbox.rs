@@ -153,9 +153,11 @@ impl Client {
                 // enough messages (the commit follows the message in the outbox).
                 db::count_sent(conn, &group)?;
                 let (updated_at, sent) = db::update_schedule(conn, &group)?;
-                if sent >= SELF_UPDATE_EVERY_MESSAGES
-                    || sent_at.saturating_sub(updated_at) >= SELF_UPDATE_EVERY_MS
-                {
+                let due = sent >= SELF_UPDATE_EVERY_MESSAGES
+                    || sent_at.saturating_sub(updated_at) >= SELF_UPDATE_EVERY_MS;
+                // One commit at a time: with one pending (the relay unreachable), the
+                // renewal waits for a later message.
+                if due && !conversation.has_pending_commit() {
                     let commit = conversation.self_update(provider, &inner.device())?;
                     push_commit(conn, &group, Purpose::SelfUpdate, None, &commit)?;
                 }

@@ -280,6 +280,7 @@ impl Live {
                 }
                 self.acknowledge().await;
                 self.check_stock().await;
+                self.follow_device_lists().await?;
             }
             ServerFrame::Acked { up_to } => {
                 self.client
@@ -298,6 +299,37 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// After pushed envelopes: rejoin if the relay refused envelopes for this device, and
+    /// bring the conversations in line with their members' device lists (commit pending
+    /// leave proposals, add linked devices, remove revoked ones), as a sync does. A relay
+    /// that cannot be reached now is left for the next batch.
+    async fn follow_device_lists(&mut self) -> Result<(), Error> {
+        let _op = self.client.operation().await?;
+        let result = async {
+            if self
+                .client
+                .blocking(|store, _| db::rejoin_needed(store.conn()))
+                .await?
+            {
+                self.client.rejoin_locked().await?;
+                // The socket belongs to the replaced device's mailbox.
+                self.socket = None;
+                self.retry_at = Instant::now();
+            }
+            self.client.refresh_device_lists().await?;
+            self.client.reconcile().await?;
+            self.client.flush_outbox().await
+        }
+        .await;
+        match result {
+            Err(Error::RelayUnreachable { .. } | Error::Relay { .. }) => {
+                tracing::debug!("push socket: device lists left for the next batch");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Acknowledges over the socket everything processed (the relay answers `acked`).

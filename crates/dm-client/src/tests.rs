@@ -569,3 +569,79 @@ fn client_is_send_sync_and_its_futures_are_send() {
         send(&Client::open(Path::new(""), ""));
     }
 }
+
+/// Post-compromise security: a device renews its leaf after sending
+/// `SELF_UPDATE_EVERY_MESSAGES` messages in a conversation, and when its last renewal there
+/// is older than `SELF_UPDATE_EVERY_MS`; the self-update commit follows the message that
+/// triggered it in the outbox. (Offline: everything stays queued.)
+#[tokio::test]
+async fn self_updates_follow_the_message_count_and_age_schedule() {
+    use crate::outbox::{SELF_UPDATE_EVERY_MESSAGES, SELF_UPDATE_EVERY_MS};
+    let dir = TempDir::new().unwrap();
+    let alice = local_client(dir.path(), "alice");
+    let bob = handle("bob");
+    let group = alice
+        .blocking(move |store, inner| {
+            store.transaction(|conn, provider| {
+                let c = Conversation::create(provider, &inner.device())?;
+                db::insert_conversation(
+                    conn,
+                    &c.id(),
+                    Some(&bob),
+                    ConversationState::Active,
+                    crate::client::now_ms(),
+                )?;
+                Ok::<_, Error>(c.id())
+            })
+        })
+        .await
+        .unwrap();
+    let kinds = |alice: &Client| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .blocking(|store, _| {
+                    let mut stmt = store
+                        .conn()
+                        .prepare("SELECT purpose FROM outbox ORDER BY id")
+                        .unwrap();
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+                    Ok(rows.map(|r| r.unwrap()).collect::<Vec<_>>())
+                })
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..SELF_UPDATE_EVERY_MESSAGES {
+        let err = alice
+            .send(&handle("bob"), &format!("m{i}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::RelayUnreachable { .. }), "{err}");
+    }
+    let queued = kinds(&alice).await;
+    assert_eq!(queued.len() as u64, SELF_UPDATE_EVERY_MESSAGES + 1);
+    assert_eq!(queued.last().map(String::as_str), Some("self_update"));
+    assert!(queued[..queued.len() - 1].iter().all(|k| k == "message"));
+
+    // Age: once the last renewal is old enough, the next message brings one (after the
+    // queued commit is accepted; here we drop the queue and pretend it was, long ago).
+    let g = group.clone();
+    alice
+        .blocking(move |store, _| {
+            store.transaction(|conn, provider| {
+                let mut c = crate::outbox::load(provider, &g)?;
+                c.clear_pending_commit(provider)?;
+                conn.execute("DELETE FROM outbox", []).unwrap();
+                let long_ago = crate::client::now_ms() - SELF_UPDATE_EVERY_MS - 1;
+                db::mark_updated(conn, &g, long_ago)
+            })
+        })
+        .await
+        .unwrap();
+    alice.send(&handle("bob"), "one more").await.unwrap_err();
+    assert_eq!(kinds(&alice).await, ["message", "self_update"]);
+    alice.send(&handle("bob"), "and another").await.unwrap_err();
+    // A commit is pending: no second self-update is stacked on it.
+    assert_eq!(kinds(&alice).await, ["message", "self_update", "message"]);
+}
