@@ -92,9 +92,21 @@ impl PendingDeviceLink {
         let slot = self.pending.code().slot();
         let deadline = tokio::time::Instant::now() + timeout;
         let response = loop {
-            let state = self.transport.link_slot(&slot).await?;
-            if let Some(response) = state.response {
-                break response;
+            // A passing outage or rate limit only delays the wait.
+            match self.transport.link_slot(&slot).await {
+                Ok(state) => {
+                    if let Some(response) = state.response {
+                        break response;
+                    }
+                }
+                Err(
+                    Error::RelayUnreachable { .. }
+                    | Error::Relay {
+                        code: ErrorCode::RateLimited | ErrorCode::Unavailable,
+                        ..
+                    },
+                ) => {}
+                Err(e) => return Err(e),
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::InvalidInput(
