@@ -45,6 +45,16 @@ fn linked_device_gets_everything_after_linking_and_every_device_gets_each_messag
     alice.ok(&["send", "@bob", "before linking"]);
     assert_eq!(texts(&bob.messages()), ["before linking"]);
 
+    // A mistyped code is refused without changing anything.
+    let err = alice.fails(&[
+        "device",
+        "approve",
+        "0000-0000-0000-0000-0000-0000-0000-0",
+        "--yes",
+    ]);
+    assert!(err.contains("link code"), "{err}");
+    assert_eq!(alice.ok(&["device", "list"]).lines().count(), 1);
+
     // alice's second device, with no primary needed afterwards.
     let alice2 = User {
         handle: "alice".into(),
@@ -183,6 +193,11 @@ fn recovered_account_revokes_a_lost_device_which_then_reads_nothing_new() {
     };
     let conversation = bob.conversations()[0]["id"].as_str().unwrap().to_owned();
     let code_before = code(&bob, &conversation);
+    let own = recovered.device_id();
+    let err = recovered.fails(&["device", "revoke", &own]);
+    assert!(err.contains("device you are using"), "{err}");
+    let err = recovered.fails(&["device", "revoke", &"ab".repeat(16)]);
+    assert!(err.contains("not a device of this account"), "{err}");
     recovered.ok(&["device", "revoke", &lost]);
     let list = recovered.ok(&["device", "list"]);
     assert!(!list.contains(&lost), "{list}");
