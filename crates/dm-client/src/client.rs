@@ -289,9 +289,7 @@ impl Client {
         {
             self.rejoin_locked().await?;
         }
-        self.refresh_device_lists().await?;
-        self.reconcile().await?;
-        self.flush_outbox().await?;
+        self.follow_device_lists().await?;
         let (events, up_to) = self
             .blocking(|store, _| db::queued_events(store.conn()))
             .await?;

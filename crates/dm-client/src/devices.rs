@@ -519,6 +519,28 @@ impl Client {
         .await
     }
 
+    /// Refreshes device lists, brings the conversations in line with them and sends the
+    /// commits. A refusal by the relay (rate limit, a list that does not verify) or an
+    /// outage leaves this for the next sync instead of failing the caller, whose events
+    /// must still reach the app.
+    pub(crate) async fn follow_device_lists(&self) -> Result<(), Error> {
+        let result = async {
+            self.refresh_device_lists().await?;
+            self.reconcile().await?;
+            self.flush_outbox().await
+        }
+        .await;
+        match result {
+            Err(
+                e @ (Error::Relay { .. } | Error::RelayUnreachable { .. } | Error::Protocol(_)),
+            ) => {
+                tracing::debug!(error = %e, "device lists left for the next sync");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Brings every conversation in line with its members' device lists (see the module
     /// documentation); queues the commits. The caller flushes the outbox.
     pub(crate) async fn reconcile(&self) -> Result<(), Error> {
@@ -588,11 +610,22 @@ impl Client {
             for handle in &claim_for {
                 match self.claim(handle).await {
                     Ok(c) => claims.push(c),
-                    Err(Error::UnknownHandle(_)) => {}
+                    // Refused (rate limited, gone): the devices are added at a later sync;
+                    // the removals go ahead.
+                    Err(e @ (Error::UnknownHandle(_) | Error::Relay { .. })) => {
+                        tracing::debug!(error = %e, "cannot claim key packages now");
+                    }
                     Err(e) => return Err(e),
                 }
             }
-            self.queue_sync_commit(group, remove, claims).await?;
+            match self.queue_sync_commit(group, remove, claims).await {
+                // Bad data from the relay (a key package or device list that does not
+                // verify) must not stop the sync: this conversation waits for a later one.
+                Err(e @ (Error::Protocol(_) | Error::IdentityKeyChanged(_))) => {
+                    tracing::warn!(error = %e, "a conversation's devices cannot be brought up to date now");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -318,9 +318,7 @@ impl Live {
                 self.socket = None;
                 self.retry_at = Instant::now();
             }
-            self.client.refresh_device_lists().await?;
-            self.client.reconcile().await?;
-            self.client.flush_outbox().await
+            self.client.follow_device_lists().await
         }
         .await;
         match result {
