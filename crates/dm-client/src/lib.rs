@@ -37,6 +37,7 @@ mod inbox;
 mod outbox;
 mod schema;
 mod store;
+pub mod store_key;
 mod transport;
 
 #[cfg(test)]
