@@ -6,6 +6,8 @@
 //! (`target/<profile>/`).
 #![forbid(unsafe_code)]
 
+pub mod raw;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,22 +39,57 @@ pub fn binary(name: &str) -> PathBuf {
 /// A running relay (`dm-server`) on an OS-chosen loopback port, with its log captured.
 pub struct Relay {
     child: Option<Child>,
-    /// Directory holding the database and the log.
+    /// Directory holding the database (SQLite) and the log.
     pub dir: PathBuf,
+    /// The relay's `--database-url`.
+    pub database_url: String,
+    /// The PostgreSQL database made for this relay, dropped with it.
+    postgres: Option<Arc<PgDatabase>>,
     /// `host:port` the relay listens on (kept across restarts).
     pub addr: String,
     log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Relay {
-    /// Starts a relay storing its SQLite database in `dir`.
+    /// Starts a relay with its log in `dir`, on the engine [`Engine::from_env`] chooses:
+    /// a SQLite database in `dir`, or a fresh PostgreSQL database.
     pub fn start(dir: &Path) -> Relay {
-        Self::spawn(dir, "127.0.0.1:0")
+        Self::start_on(dir, Engine::from_env())
     }
 
-    fn spawn(dir: &Path, listen: &str) -> Relay {
+    /// Starts a relay on `engine` (see [`Relay::start`]).
+    pub fn start_on(dir: &Path, engine: Engine) -> Relay {
+        match engine {
+            Engine::Sqlite => {
+                let url = format!("sqlite://{}", dir.join("relay.db").display());
+                Self::spawn(dir, "127.0.0.1:0", &url, None)
+            }
+            Engine::Postgres => {
+                let db = Arc::new(PgDatabase::create());
+                let url = db.url.clone();
+                Self::spawn(dir, "127.0.0.1:0", &url, Some(db))
+            }
+        }
+    }
+
+    /// Starts another relay instance on the same database as `other` (PostgreSQL: several
+    /// instances, one relay), with its log in `dir`.
+    pub fn start_beside(dir: &Path, other: &Relay) -> Relay {
+        Self::spawn(
+            dir,
+            "127.0.0.1:0",
+            &other.database_url.clone(),
+            other.postgres.clone(),
+        )
+    }
+
+    fn spawn(
+        dir: &Path,
+        listen: &str,
+        database_url: &str,
+        postgres: Option<Arc<PgDatabase>>,
+    ) -> Relay {
         std::fs::create_dir_all(dir).expect("create relay directory");
-        let db = dir.join("relay.db");
         let log_path = dir.join("relay.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -63,7 +100,7 @@ impl Relay {
             .arg("--listen")
             .arg(listen)
             .arg("--database-url")
-            .arg(format!("sqlite://{}", db.display()))
+            .arg(database_url)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,6 +134,8 @@ impl Relay {
         Relay {
             child: Some(child),
             dir: dir.to_path_buf(),
+            database_url: database_url.to_owned(),
+            postgres,
             addr,
             log_reader: Some(reader),
         }
@@ -129,7 +168,12 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let again = Self::spawn(&self.dir.clone(), &self.addr.clone());
+        let again = Self::spawn(
+            &self.dir.clone(),
+            &self.addr.clone(),
+            &self.database_url.clone(),
+            self.postgres.clone(),
+        );
         assert_eq!(again.addr, self.addr);
         *self = again;
     }
@@ -159,6 +203,126 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The database engine of a relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// A SQLite file in the relay's directory.
+    Sqlite,
+    /// A fresh PostgreSQL database (see [`PgDatabase`]).
+    Postgres,
+}
+
+impl Engine {
+    /// `DM_TEST_RELAY_DB=postgres` runs the end-to-end relays on PostgreSQL; anything else
+    /// (or nothing) on SQLite.
+    pub fn from_env() -> Engine {
+        match std::env::var("DM_TEST_RELAY_DB").as_deref() {
+            Ok("postgres") => Engine::Postgres,
+            _ => Engine::Sqlite,
+        }
+    }
+}
+
+/// A PostgreSQL database created for one test (`dm_e2e_<random>`) and dropped after it.
+/// The server is `DM_TEST_POSTGRES_URL` (an admin connection URL), by default
+/// `postgres://postgres@127.0.0.1:5432/postgres`.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// The admin URL tests use.
+    pub fn admin_url() -> String {
+        std::env::var("DM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Whether the PostgreSQL server answers.
+    pub fn available() -> bool {
+        let admin = Self::admin_url();
+        block_on_thread(async move {
+            use sqlx::Connection as _;
+            sqlx::PgConnection::connect(&admin).await.is_ok()
+        })
+    }
+
+    /// Creates a fresh database; panics (with what to do) if PostgreSQL is unreachable.
+    pub fn create() -> PgDatabase {
+        let admin_url = Self::admin_url();
+        let name = format!("dm_e2e_{:016x}", rand_u64());
+        let admin = admin_url.clone();
+        let create = format!("CREATE DATABASE {name}");
+        let result = block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        });
+        if let Err(e) = result {
+            panic!(
+                "cannot create a PostgreSQL database at {admin_url}: {e} (set \
+                 DM_TEST_POSTGRES_URL to an admin URL of a running server)"
+            );
+        }
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("DM_TEST_POSTGRES_URL has no database path: {admin_url}"),
+        };
+        PgDatabase {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin = self.admin_url.clone();
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        });
+    }
+}
+
+/// Runs a future to completion on a runtime of its own, on a thread of its own (callable
+/// from synchronous code, and from inside another runtime).
+fn block_on_thread<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("database thread")
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// Every regular file below `dir`.

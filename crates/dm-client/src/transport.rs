@@ -113,6 +113,11 @@ impl Transport {
         self.json(req).await
     }
 
+    pub(crate) async fn key_package_stock(&self, token: &str) -> Result<KeyPackageStock, Error> {
+        let url = self.url("/v1/key-packages");
+        self.json(self.http.get(url).bearer_auth(token)).await
+    }
+
     pub(crate) async fn claim(&self, token: &str, handle: &Handle) -> Result<ClaimResponse, Error> {
         let url = self.url(&format!(
             "/v1/accounts/{}/key-packages/claim",

@@ -16,12 +16,16 @@ struct Relay {
 }
 
 async fn start_relay() -> Relay {
+    start_relay_with(dm_server::push::SocketLimits::default()).await
+}
+
+async fn start_relay_with(limits: dm_server::push::SocketLimits) -> Relay {
     let dir = TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
     let store = Arc::new(SqliteStore::connect(&db).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = dm_server::app(AppState::new(store));
+    let app = dm_server::app(AppState::new(store).with_socket_limits(limits));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Relay { url, dir }
 }
@@ -202,4 +206,77 @@ async fn simultaneous_first_messages_converge_on_one_conversation() {
     assert_eq!(b2.conversation, smallest);
     assert_eq!(texts(&alice.sync().await.unwrap()), ["@bob: again"]);
     assert_eq!(texts(&bob.sync().await.unwrap()), ["@alice: again"]);
+}
+
+/// Live feed: messages are pushed over the socket as they arrive, and a new feed resumes
+/// after the cursor (nothing lost, nothing repeated).
+#[tokio::test]
+async fn live_feed_pushes_and_resumes() {
+    use dm_client::LiveMode;
+    use std::time::Duration;
+
+    let relay = start_relay().await;
+    let root = TempDir::new().unwrap();
+    let (alice, _) = account(&relay, root.path(), "alice").await;
+    let (bob, _) = account(&relay, root.path(), "bob").await;
+    alice.send(&handle("bob"), "hello before").await.unwrap();
+
+    let wait = Duration::from_secs(20);
+    let mut live = bob.live();
+    let batch = tokio::time::timeout(wait, live.next_events())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.mode(), LiveMode::Push);
+    assert_eq!(texts(&batch.events), ["@alice: hello before"]);
+    bob.acknowledge_events(&batch).await.unwrap();
+
+    for text in ["pushed 1", "pushed 2"] {
+        alice.send(&handle("bob"), text).await.unwrap();
+        let batch = tokio::time::timeout(wait, live.next_events())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.mode(), LiveMode::Push);
+        assert_eq!(texts(&batch.events), [format!("@alice: {text}")]);
+        bob.acknowledge_events(&batch).await.unwrap();
+    }
+
+    // A new feed (as after a restart) resumes after the cursor: nothing again.
+    drop(live);
+    alice.send(&handle("bob"), "while away").await.unwrap();
+    let mut live = bob.live();
+    let batch = tokio::time::timeout(wait, live.next_events())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(texts(&batch.events), ["@alice: while away"]);
+    bob.acknowledge_events(&batch).await.unwrap();
+}
+
+/// A relay without room for sockets: the feed fetches and still delivers.
+#[tokio::test]
+async fn live_feed_falls_back_to_fetching() {
+    use dm_client::LiveMode;
+    use std::time::Duration;
+
+    let relay = start_relay_with(dm_server::push::SocketLimits {
+        max_sockets: 0,
+        ..Default::default()
+    })
+    .await;
+    let root = TempDir::new().unwrap();
+    let (alice, _) = account(&relay, root.path(), "alice").await;
+    let (bob, _) = account(&relay, root.path(), "bob").await;
+    let mut live = bob.live();
+    for text in ["polled 1", "polled 2"] {
+        alice.send(&handle("bob"), text).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(20), live.next_events())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live.mode(), LiveMode::Polling);
+        assert_eq!(texts(&batch.events), [format!("@alice: {text}")]);
+        bob.acknowledge_events(&batch).await.unwrap();
+    }
 }

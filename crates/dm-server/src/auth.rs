@@ -6,8 +6,8 @@
 //! Tokens are never logged.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dm_wire::{DeviceId, Handle};
@@ -60,9 +60,14 @@ pub fn token_hash(token: &str) -> Option<[u8; 32]> {
     Some(Sha256::digest(&raw).into())
 }
 
+/// The stored hash of the token in an `Authorization: Bearer TOKEN` header, if any.
+pub fn bearer_hash(headers: &HeaderMap) -> Option<[u8; 32]> {
+    bearer_token(headers).and_then(token_hash)
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -85,9 +90,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = bearer_token(parts)
-            .and_then(token_hash)
-            .ok_or_else(ApiError::unauthenticated)?;
+        let hash = bearer_hash(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
         let device = state
             .store()
             .session(hash, state.now_secs())

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod mls;
+pub mod push;
 pub mod routes;
 pub mod store;
 
@@ -35,11 +36,15 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use crate::config::Config;
 use crate::error::ApiError;
+use crate::push::{Push, SocketLimits};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
 /// How often expired rows are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long shutdown waits for push sockets to close.
+const PUSH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The source of the current time (replaceable in tests).
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -49,6 +54,7 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 pub struct AppState {
     store: Arc<dyn Store>,
     clock: Clock,
+    push: Arc<Push>,
 }
 
 impl AppState {
@@ -57,7 +63,24 @@ impl AppState {
         Self {
             store,
             clock: Arc::new(SystemTime::now),
+            push: Arc::new(Push::new(SocketLimits::default())),
         }
+    }
+
+    /// Replaces the push sockets' limits (before any socket opens).
+    pub fn with_socket_limits(mut self, limits: SocketLimits) -> Self {
+        self.push = Arc::new(Push::new(limits));
+        self
+    }
+
+    /// The open push sockets.
+    pub fn push(&self) -> &Arc<Push> {
+        &self.push
+    }
+
+    /// The store, shared.
+    pub fn store_arc(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Replaces the clock (tests use this to move time forward).
@@ -108,6 +131,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(messages::send))
         .route("/v1/mailbox", get(mailbox::fetch))
         .route("/v1/mailbox/ack", post(mailbox::ack))
+        .route("/v1/ws", get(push::socket))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -210,9 +234,16 @@ pub async fn serve(
 
     let state = AppState::new(store.clone());
     let sweeper = tokio::spawn(sweep_periodically(state.clone()));
+    let push = Arc::clone(state.push());
+    let stop_push = Arc::clone(&push);
     let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Upgraded sockets are not connections the server waits for: close them.
+            stop_push.begin_shutdown();
+        })
         .await;
+    push.closed(PUSH_CLOSE_GRACE).await;
     sweeper.abort();
     store.close().await;
     tracing::info!("stopped");

@@ -399,6 +399,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a device's envelopes with `seq <= up_to`.
     fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
 
+    /// Wakeups for every envelope stored from now on, through any relay instance sharing
+    /// this database (see [`Wakeup`]).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Wakeup>;
+
     /// Succeeds when the database answers (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
 

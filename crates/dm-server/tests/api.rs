@@ -4,6 +4,7 @@
 
 mod binary;
 mod messages;
+mod push;
 mod store;
 mod support;
 

@@ -13,6 +13,7 @@
 //! | POST | `/v1/messages` | session | [`SendRequest`] | [`SendResponse`] |
 //! | GET | `/v1/mailbox?after=SEQ&limit=N` | session | - | [`MailboxResponse`] |
 //! | POST | `/v1/mailbox/ack` | session | [`AckRequest`] | 204 |
+//! | GET | `/v1/ws?after=SEQ` | session | WebSocket upgrade | [`ServerFrame`]s; sends [`ClientFrame`]s |
 //! | GET | `/healthz` | none | - | 200 `ok` |
 //!
 //! "session" means the header `Authorization: Bearer <token>` with a token from
@@ -56,6 +57,14 @@ pub mod limits {
     /// accepted is recognised for as long as its envelopes can still be waiting in a
     /// mailbox. A client retrying a send after this long can no longer rely on it.
     pub const IDEMPOTENCY_RETENTION_SECS: u64 = MAILBOX_RETENTION_SECS;
+    /// Most envelopes in one [`super::ServerFrame::Envelopes`] frame.
+    pub const MAX_PUSH_BATCH: u32 = 100;
+    /// Largest frame a client may send on the push socket, in bytes; a larger one closes
+    /// the socket (close code 1009).
+    pub const MAX_CLIENT_FRAME_BYTES: usize = 4 * 1024;
+    /// The relay pings an idle push socket this often (seconds); a socket that has sent
+    /// nothing (no frame, no pong) for three intervals is closed.
+    pub const PUSH_PING_SECS: u64 = 30;
 }
 
 /// Registers a new account with its first device.
@@ -258,6 +267,56 @@ pub struct MailboxResponse {
 pub struct AckRequest {
     /// The highest sequence number processed.
     pub up_to: u64,
+}
+
+/// The query of `GET /v1/ws` (the live push socket).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PushQuery {
+    /// Push envelopes with a greater sequence number: the highest one the client has
+    /// processed (default 0: from the start).
+    #[serde(default)]
+    pub after: u64,
+}
+
+/// A text frame the relay sends on the push socket (JSON, tagged by `type`).
+///
+/// After the upgrade the relay sends every envelope of the device's mailbox with
+/// `seq > after` in batches, then each new envelope as soon as it is stored, in `seq`
+/// order and each exactly once per socket. Envelopes stay in the mailbox until
+/// acknowledged, so a client that reconnects with `after` set to the highest `seq` it
+/// processed misses nothing and sees nothing twice.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Envelopes, in increasing `seq` order (at most [`limits::MAX_PUSH_BATCH`]).
+    Envelopes {
+        /// The envelopes.
+        envelopes: Vec<Envelope>,
+    },
+    /// The relay deleted the envelopes up to `up_to` after a [`ClientFrame::Ack`].
+    Acked {
+        /// As in the acknowledgement.
+        up_to: u64,
+    },
+    /// The relay cannot go on (e.g. the session expired or the store failed); it closes
+    /// the socket after this frame. The client reconnects (after logging in again for
+    /// `unauthenticated`) or falls back to fetching.
+    Error {
+        /// What went wrong.
+        error: ErrorDetail,
+    },
+}
+
+/// A text frame a client sends on the push socket (JSON, tagged by `type`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Deletes every envelope up to and including `up_to`, like `POST /v1/mailbox/ack`;
+    /// answered by [`ServerFrame::Acked`].
+    Ack {
+        /// The highest sequence number processed.
+        up_to: u64,
+    },
 }
 
 /// Stable, machine-readable error codes.

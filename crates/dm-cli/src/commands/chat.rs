@@ -1,22 +1,17 @@
 //! `dm chat HANDLE`: line-mode chat. Lines typed are sent; incoming messages are printed
-//! as they arrive. End with Ctrl-D or `/quit`.
-
-use std::time::Duration;
+//! as they arrive: pushed by the relay over its socket, or fetched every second when the
+//! socket is unavailable. End with Ctrl-D or `/quit`.
 
 use dm_client::Client;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::output;
 
-/// How often the relay is asked for new messages.
-const POLL: Duration = Duration::from_millis(700);
-
 pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
     let peer = super::parse_handle(handle)?;
     println!("Chatting with {peer}. Type a message and press Enter; /quit or Ctrl-D ends.");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut ticker = tokio::time::interval(POLL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut live = client.live();
     loop {
         tokio::select! {
             line = lines.next_line() => {
@@ -33,8 +28,8 @@ pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
                     Err(e) => eprintln!("{}", output::render_error(&e.into())),
                 }
             }
-            _ = ticker.tick() => {
-                match client.sync_events().await {
+            batch = live.next_events() => {
+                match batch {
                     Ok(batch) => {
                         // Everything that arrives is shown, other conversations included
                         // (each line names its sender): `dm inbox` shows only what is new.
@@ -46,7 +41,11 @@ pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
                         std::io::Write::flush(&mut std::io::stdout())?;
                         client.acknowledge_events(&batch).await?;
                     }
-                    Err(e) => eprintln!("{}", output::render_error(&e.into())),
+                    Err(e) => {
+                        eprintln!("{}", output::render_error(&e.into()));
+                        // Do not spin on a persistent failure.
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
                 }
             }
         }

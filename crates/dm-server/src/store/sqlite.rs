@@ -17,12 +17,14 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::{
     Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, Registration,
-    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope, SweepStats, retention,
-    sequence,
+    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope, SweepStats, Wakeup,
+    retention, sequence,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Wakeups buffered per subscriber before it lags (and resynchronises).
+const WAKEUP_CAPACITY: usize = 4096;
 /// How long a connection waits for another writer before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool (SQLite has one writer at a time; readers run in parallel).
@@ -32,6 +34,7 @@ const MAX_CONNECTIONS: u32 = 8;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    wakeups: tokio::sync::broadcast::Sender<Wakeup>,
 }
 
 impl SqliteStore {
@@ -49,7 +52,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            wakeups: tokio::sync::broadcast::Sender::new(WAKEUP_CAPACITY),
+        })
     }
 
     /// Closes every connection (checkpointing the WAL); later operations fail.
@@ -115,7 +121,7 @@ async fn deliver(
     device: &[u8],
     payload: &[u8],
     now_ms: u64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let seq: i64 = sqlx::query_scalar(
         "UPDATE devices SET mailbox_seq = mailbox_seq + 1 WHERE device_id = ? \
          RETURNING mailbox_seq",
@@ -130,7 +136,7 @@ async fn deliver(
         .bind(int(now_ms))
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    uint(seq, "seq")
 }
 
 impl Store for SqliteStore {
@@ -577,12 +583,15 @@ impl Store for SqliteStore {
             .bind(sender)
             .fetch_all(&mut *tx)
             .await?;
+            let mut delivered: Vec<(Vec<u8>, u64)> = Vec::new();
             for dev in &recipients {
-                deliver(&mut tx, dev, &msg.message, now_ms).await?;
+                let seq = deliver(&mut tx, dev, &msg.message, now_ms).await?;
+                delivered.push((dev.clone(), seq));
             }
             if let Some(welcome) = &msg.welcome {
                 for dev in &welcomed {
-                    deliver(&mut tx, dev, &welcome.message, now_ms).await?;
+                    let seq = deliver(&mut tx, dev, &welcome.message, now_ms).await?;
+                    delivered.push((dev.clone(), seq));
                     sqlx::query(
                         "INSERT INTO group_members (group_id, device_id) VALUES (?, ?) \
                          ON CONFLICT DO NOTHING",
@@ -613,6 +622,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            for (dev, seq) in delivered {
+                // No subscriber is not an error.
+                let _ = self.wakeups.send(Wakeup::Mailbox {
+                    device_id: device_id(&dev)?,
+                    seq,
+                });
+            }
             Ok(SendOutcome {
                 epoch: sequenced.new_epoch,
                 duplicate: false,
@@ -665,6 +681,10 @@ impl Store for SqliteStore {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Wakeup> {
+        self.wakeups.subscribe()
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

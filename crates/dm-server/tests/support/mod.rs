@@ -36,6 +36,7 @@ pub struct Relay {
     pub dir: TempDir,
     store: Arc<SqliteStore>,
     router: Router,
+    state: AppState,
     offset: Arc<AtomicU64>,
 }
 
@@ -111,7 +112,8 @@ impl Relay {
         Self {
             dir,
             store,
-            router: app(state),
+            router: app(state.clone()),
+            state,
             offset,
         }
     }
@@ -125,6 +127,29 @@ impl Relay {
 
     pub fn store(&self) -> &SqliteStore {
         &self.store
+    }
+
+    /// Replaces the router's state (e.g. other limits), keeping store and clock.
+    pub fn set_state(&mut self, f: impl FnOnce(AppState) -> AppState) {
+        self.state = f(self.state.clone());
+        self.router = app(self.state.clone());
+    }
+
+    /// The router's shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves the router on a loopback port (for what needs a real connection, such as a
+    /// WebSocket upgrade); returns `127.0.0.1:PORT`.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr.to_string()
     }
 
     /// Moves the relay's clock forward.

@@ -1,0 +1,466 @@
+//! Live push: one authenticated WebSocket per device (`GET /v1/ws?after=SEQ`).
+//!
+//! A socket sends the device's waiting envelopes after the client's cursor, then every new
+//! envelope as soon as it is stored, and takes acknowledgements (see
+//! [`dm_wire::api::ServerFrame`] and [`dm_wire::api::ClientFrame`]). Envelopes stay in the
+//! mailbox until acknowledged, so a reconnect with the client's cursor resumes with no loss
+//! and no duplicate.
+//!
+//! Wakeups come from the store ([`crate::store::Store::subscribe`]): on SQLite after a
+//! send commits, on PostgreSQL through `LISTEN/NOTIFY`, so a message stored through any
+//! relay instance wakes the socket wherever it is connected. One dispatcher task per relay
+//! turns them into a [`Notify`] per socket: an idle socket costs a table entry, a parked
+//! task and small WebSocket buffers (set explicitly, see [`SocketLimits`]), never a
+//! broadcast receiver of its own. A wakeup that arrives while a socket is busy is kept
+//! (a `Notify` permit), so none is lost between a fetch and the next wait.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use dm_wire::DeviceId;
+use dm_wire::api::limits::{MAX_CLIENT_FRAME_BYTES, MAX_PUSH_BATCH, PUSH_PING_SECS};
+use dm_wire::api::{ClientFrame, Envelope, ErrorCode, ErrorDetail, PushQuery, ServerFrame};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::AppState;
+use crate::auth::{Authenticated, bearer_hash};
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
+use crate::store::{Store, Wakeup};
+
+/// Envelope payload bytes per frame (a frame holds at least one envelope, whatever its
+/// size): keeps the socket's write buffer, which keeps its capacity, small.
+const FRAME_PAYLOAD_BUDGET: usize = 64 * 1024;
+/// A frame the client does not take within this long closes the socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an open socket checks that its session is still valid.
+const SESSION_CHECK: Duration = Duration::from_secs(300);
+/// Close code: the session expired or was revoked (log in again, then reconnect).
+const CLOSE_SESSION: u16 = 4001;
+/// Close code: the relay failed (reconnect later, or fetch).
+const CLOSE_ERROR: u16 = 1011;
+/// Close code: the relay is shutting down.
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the client sent something that is not a client frame.
+const CLOSE_POLICY: u16 = 1008;
+
+/// Bounds of the push sockets, set by the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// Open sockets at most; beyond, the upgrade is answered 503 `unavailable` (the
+    /// client fetches instead).
+    pub max_sockets: usize,
+    /// Bytes of the socket's read buffer (tungstenite's default is 128 KiB).
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        Self {
+            max_sockets: 20_000,
+            read_buffer_bytes: MAX_CLIENT_FRAME_BYTES,
+        }
+    }
+}
+
+/// One open socket of a device: its id and its wakeup.
+type SocketEntry = (u64, Arc<Notify>);
+
+/// The relay's open push sockets, by device.
+pub struct Push {
+    limits: SocketLimits,
+    permits: Arc<Semaphore>,
+    sockets: Mutex<HashMap<DeviceId, Vec<SocketEntry>>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    delivered: AtomicU64,
+    dispatcher: OnceLock<()>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Push")
+            .field("limits", &self.limits)
+            .field("open", &self.open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Push {
+    /// No sockets yet.
+    pub fn new(limits: SocketLimits) -> Self {
+        Self {
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_sockets)),
+            sockets: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            dispatcher: OnceLock::new(),
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    /// Sockets open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes sent on push sockets since the relay started.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Asks every socket to close (code 1001) and refuses new ones.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.permits.close();
+    }
+
+    /// Waits until every socket has closed, at most `grace`.
+    pub async fn closed(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while self.open() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wakes every socket of `device`.
+    pub fn wake(&self, device: &DeviceId) {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = sockets.get(device) {
+            for (_, notify) in list {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every socket (signals may have been lost).
+    pub fn wake_all(&self) {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for list in sockets.values() {
+            for (_, notify) in list {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Starts the task that turns the store's wakeups into socket wakeups (once).
+    fn ensure_dispatcher(self: &Arc<Self>, store: &Arc<dyn Store>) {
+        self.dispatcher.get_or_init(|| {
+            let mut wakeups = store.subscribe();
+            let push = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    let wakeup = wakeups.recv().await;
+                    let Some(push) = push.upgrade() else { return };
+                    match wakeup {
+                        Ok(Wakeup::Mailbox { device_id, .. }) => push.wake(&device_id),
+                        Ok(Wakeup::Resync) => push.wake_all(),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "push dispatcher lagged; waking every socket");
+                            push.wake_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        });
+    }
+
+    fn register(self: &Arc<Self>, device: DeviceId) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(device)
+            .or_default()
+            .push((id, Arc::clone(&notify)));
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            push: Arc::clone(self),
+            device,
+            id,
+            notify,
+        }
+    }
+}
+
+/// A socket's entry in [`Push`]; removed when dropped.
+struct Registration {
+    push: Arc<Push>,
+    device: DeviceId,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sockets = self.push.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = sockets.get_mut(&self.device) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                sockets.remove(&self.device);
+            }
+        }
+        self.push.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/ws?after=SEQ`: upgrades to the device's push socket.
+pub async fn socket(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<PushQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let push = Arc::clone(state.push());
+    let permit = Arc::clone(&push.permits).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "too many open push sockets; fetch the mailbox instead",
+        )
+    })?;
+    let token_hash = bearer_hash(&headers).ok_or_else(ApiError::unauthenticated)?;
+    push.ensure_dispatcher(state.store_arc());
+    let limits = push.limits;
+    Ok(upgrade
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(MAX_CLIENT_FRAME_BYTES)
+        .max_frame_size(MAX_CLIENT_FRAME_BYTES)
+        .on_upgrade(move |ws| async move {
+            let conn = Connection {
+                state,
+                device: auth.device_id,
+                token_hash,
+                sent_up_to: query.after,
+                ws,
+                _permit: permit,
+            };
+            conn.run().await;
+        }))
+}
+
+/// Why a socket's loop ends.
+enum Stop {
+    /// The peer went away or the socket failed: nothing more to send.
+    Gone,
+    /// Close with this code and reason (after an optional error frame).
+    Close(u16, &'static str, Option<ErrorDetail>),
+}
+
+struct Connection {
+    state: AppState,
+    device: DeviceId,
+    token_hash: [u8; 32],
+    /// The highest `seq` sent on this socket (or the client's cursor).
+    sent_up_to: u64,
+    ws: WebSocket,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let push = Arc::clone(self.state.push());
+        let registration = push.register(self.device);
+        let mut shutdown = push.shutdown.subscribe();
+        let stop = self.serve(&registration, &mut shutdown).await;
+        drop(registration);
+        if let Stop::Close(code, reason, error) = stop {
+            if let Some(error) = error {
+                let _ = self.send_frame(&ServerFrame::Error { error }).await;
+            }
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(close)).await;
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        registration: &Registration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Stop {
+        let ping_every = Duration::from_secs(PUSH_PING_SECS);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let mut session_checked = Instant::now();
+        if *shutdown.borrow_and_update() {
+            return Stop::Close(CLOSE_GOING_AWAY, "relay shutting down", None);
+        }
+        loop {
+            if let Err(stop) = self.push_pending().await {
+                return stop;
+            }
+            tokio::select! {
+                () = registration.notify.notified() => {}
+                message = self.ws.recv() => {
+                    last_heard = Instant::now();
+                    match message {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Stop::Gone,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(stop) = self.client_frame(text.as_str()).await {
+                                return stop;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            return Stop::Close(
+                                CLOSE_POLICY,
+                                "binary frames are not part of the protocol",
+                                None,
+                            );
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= ping_every * 3 {
+                        return Stop::Close(CLOSE_POLICY, "no answer to pings", None);
+                    }
+                    if session_checked.elapsed() >= SESSION_CHECK {
+                        session_checked = Instant::now();
+                        if let Err(stop) = self.check_session().await {
+                            return stop;
+                        }
+                    }
+                    if self.send(Message::Ping(Default::default())).await.is_err() {
+                        return Stop::Gone;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    return Stop::Close(CLOSE_GOING_AWAY, "relay shutting down", None);
+                }
+            }
+        }
+    }
+
+    /// Sends every stored envelope after `sent_up_to`.
+    async fn push_pending(&mut self) -> Result<(), Stop> {
+        loop {
+            let (envelopes, more) = self
+                .state
+                .store()
+                .fetch(self.device, self.sent_up_to, MAX_PUSH_BATCH)
+                .await
+                .map_err(|err| store_failure(&err))?;
+            let Some(last) = envelopes.last() else {
+                return Ok(());
+            };
+            let last_seq = last.seq;
+            let mut batch: Vec<Envelope> = Vec::new();
+            let mut bytes = 0usize;
+            for e in envelopes {
+                if !batch.is_empty() && bytes + e.payload.len() > FRAME_PAYLOAD_BUDGET {
+                    self.send_envelopes(std::mem::take(&mut batch)).await?;
+                    bytes = 0;
+                }
+                bytes += e.payload.len();
+                batch.push(Envelope {
+                    seq: e.seq,
+                    payload: e.payload,
+                    received_at: e.received_at,
+                });
+            }
+            self.send_envelopes(batch).await?;
+            self.sent_up_to = last_seq;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_envelopes(&mut self, envelopes: Vec<Envelope>) -> Result<(), Stop> {
+        let count = envelopes.len() as u64;
+        self.send_frame(&ServerFrame::Envelopes { envelopes })
+            .await
+            .map_err(|()| Stop::Gone)?;
+        self.state
+            .push()
+            .delivered
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn client_frame(&mut self, text: &str) -> Result<(), Stop> {
+        let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
+            return Err(Stop::Close(
+                CLOSE_POLICY,
+                "not a client frame",
+                Some(ErrorDetail {
+                    code: ErrorCode::InvalidRequest,
+                    message: "the frame is not a JSON client frame".to_owned(),
+                    epoch: None,
+                }),
+            ));
+        };
+        match frame {
+            ClientFrame::Ack { up_to } => {
+                self.state
+                    .store()
+                    .ack(self.device, up_to)
+                    .await
+                    .map_err(|err| store_failure(&err))?;
+                self.send_frame(&ServerFrame::Acked { up_to })
+                    .await
+                    .map_err(|()| Stop::Gone)
+            }
+        }
+    }
+
+    async fn check_session(&mut self) -> Result<(), Stop> {
+        let now = self.state.now_secs();
+        match self.state.store().session(self.token_hash, now).await {
+            Ok(Some(device)) if device.device_id == self.device => Ok(()),
+            Ok(_) => Err(Stop::Close(
+                CLOSE_SESSION,
+                "session expired",
+                Some(ErrorDetail {
+                    code: ErrorCode::Unauthenticated,
+                    message: "the session expired or was revoked; log in again".to_owned(),
+                    epoch: None,
+                }),
+            )),
+            Err(err) => Err(store_failure(&err)),
+        }
+    }
+
+    async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), ()> {
+        let text = serde_json::to_string(frame).map_err(|_| ())?;
+        self.send(Message::Text(text.into())).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), ()> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+fn store_failure(err: &crate::store::StoreError) -> Stop {
+    tracing::error!(error = %err, "push socket: store failed");
+    Stop::Close(
+        CLOSE_ERROR,
+        "relay error",
+        Some(ErrorDetail {
+            code: ErrorCode::Internal,
+            message: "internal error".to_owned(),
+            epoch: None,
+        }),
+    )
+}

@@ -1,0 +1,190 @@
+//! Several relay processes on one PostgreSQL database behave as one relay: a message sent
+//! through instance A is pushed to a device connected to instance B, and two commits for
+//! the same epoch racing through A and B are ordered: exactly one wins.
+
+use std::io::{BufRead as _, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dm_tests::{Engine, PgDatabase, Relay, User};
+use serde_json::Value;
+
+fn postgres_or_skip() -> bool {
+    if PgDatabase::available() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "PostgreSQL is not reachable at {} and CI is set: the multi-instance tests must run",
+        PgDatabase::admin_url()
+    );
+    eprintln!(
+        "skipped: PostgreSQL is not reachable at {} (set DM_TEST_POSTGRES_URL)",
+        PgDatabase::admin_url()
+    );
+    false
+}
+
+fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["from"] == from)
+        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
+        .collect()
+}
+
+/// Waits for a line containing `needle` from the chat's stdout.
+fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_message_through_one_instance_is_pushed_by_the_other() {
+    if !postgres_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Relay::start_on(&tmp.path().join("relay-a"), Engine::Postgres);
+    let b = Relay::start_beside(&tmp.path().join("relay-b"), &a);
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&a.url());
+    bob.init(&b.url());
+    // The conversation exists (bob joined it through B) before the chat starts.
+    alice.ok(&["send", "bob", "first"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["first"]);
+
+    // Bob chats through B (push socket); alice sends through A.
+    let mut chat = Command::new(dm_tests::binary("dm"))
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["chat", "@alice"])
+        .env("DM_PASSPHRASE", dm_tests::PASSPHRASE)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let stdout = chat.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(wait_for_line(
+        &lines,
+        "Chatting with",
+        Duration::from_secs(30)
+    ));
+    // The socket is open at B when B logs the upgrade.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.log_lines_with(&["route=/v1/ws", "status=101"]) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "bob's chat never opened its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fetches_before = b.log_lines_with(&["route=/v1/mailbox", "method=GET"]);
+
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        let text = format!("through A number {i}");
+        alice.ok(&["send", "bob", &text]);
+        let sent = Instant::now();
+        assert!(
+            wait_for_line(&lines, &text, Duration::from_secs(10)),
+            "bob's chat (on B) did not show {text:?}"
+        );
+        latencies.push(sent.elapsed());
+    }
+    eprintln!("delivery from A's acknowledgement to bob's screen via B: {latencies:?}");
+    for latency in &latencies {
+        assert!(
+            *latency <= Duration::from_secs(1),
+            "pushed within one second: {latencies:?}"
+        );
+    }
+    assert_eq!(
+        b.log_lines_with(&["route=/v1/mailbox", "method=GET"]),
+        fetches_before,
+        "bob's chat did not fetch: the messages were pushed"
+    );
+    writeln!(stdin, "/quit").unwrap();
+    drop(stdin);
+    assert!(chat.wait().unwrap().success());
+}
+
+#[test]
+fn commits_racing_through_two_instances_have_one_winner() {
+    if !postgres_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Relay::start_on(&tmp.path().join("relay-a"), Engine::Postgres);
+    let mut b = Relay::start_beside(&tmp.path().join("relay-b"), &a);
+    let alice = User::new(tmp.path(), "alice");
+    let bob = User::new(tmp.path(), "bob");
+    alice.init(&a.url());
+    bob.init(&b.url());
+    alice.ok(&["send", "bob", "hello"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["hello"]);
+
+    // Both stage a commit for the same epoch: bob's waits in his outbox (B is down),
+    // alice's goes through A and wins.
+    b.kill();
+    assert!(!bob.run(&["rotate-keys", "alice"]).status.success());
+    b.start_again();
+    alice.ok(&["rotate-keys", "bob"]);
+    // Bob's commit reaches B: B refuses it (A's commit won the epoch); bob recovers.
+    bob.ok(&["send", "alice", "after the race"]);
+    assert_eq!(texts_from(&alice.messages(), "bob"), ["after the race"]);
+    alice.ok(&["send", "bob", "and back"]);
+    assert_eq!(texts_from(&bob.messages(), "alice"), ["and back"]);
+    assert_eq!(
+        b.log_lines_with(&["route=/v1/messages", "status=409"]),
+        1,
+        "B answered bob's losing commit with 409"
+    );
+    assert_eq!(a.log_lines_with(&["route=/v1/messages", "status=409"]), 0);
+
+    // Truly concurrent: both rotate at once, through different instances, several times;
+    // whatever the interleaving, both sides keep talking.
+    for round in 0..3 {
+        let (alice_home, bob_home) = (alice.home.clone(), bob.home.clone());
+        let rotate = |home: std::path::PathBuf, peer: &'static str| {
+            std::thread::spawn(move || {
+                Command::new(dm_tests::binary("dm"))
+                    .arg("--home")
+                    .arg(home)
+                    .args(["rotate-keys", peer])
+                    .env("DM_PASSPHRASE", dm_tests::PASSPHRASE)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let (x, y) = (rotate(alice_home, "bob"), rotate(bob_home, "alice"));
+        let (x, y) = (x.join().unwrap(), y.join().unwrap());
+        assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+        assert!(y.status.success(), "{}", String::from_utf8_lossy(&y.stderr));
+        let text = format!("round {round}");
+        alice.ok(&["send", "bob", &text]);
+        assert_eq!(texts_from(&bob.messages(), "alice"), std::slice::from_ref(&text));
+        bob.ok(&["send", "alice", &text]);
+        assert_eq!(texts_from(&alice.messages(), "bob"), [text]);
+    }
+}
