@@ -183,7 +183,10 @@ fn commits_racing_through_two_instances_have_one_winner() {
         assert!(y.status.success(), "{}", String::from_utf8_lossy(&y.stderr));
         let text = format!("round {round}");
         alice.ok(&["send", "bob", &text]);
-        assert_eq!(texts_from(&bob.messages(), "alice"), std::slice::from_ref(&text));
+        assert_eq!(
+            texts_from(&bob.messages(), "alice"),
+            std::slice::from_ref(&text)
+        );
         bob.ok(&["send", "alice", &text]);
         assert_eq!(texts_from(&alice.messages(), "bob"), [text]);
     }

@@ -30,10 +30,16 @@ fn documented() -> Routes {
         }
         let path = cells[2].trim_matches('`');
         let path = path.split('?').next().unwrap();
-        assert!(path.starts_with('/'), "bad path cell in PROTOCOL.md: {line}");
+        assert!(
+            path.starts_with('/'),
+            "bad path cell in PROTOCOL.md: {line}"
+        );
         routes.insert((cells[1].to_owned(), path.to_owned()));
     }
-    assert!(routes.len() >= 10, "the routes table of PROTOCOL.md was not found");
+    assert!(
+        routes.len() >= 10,
+        "the routes table of PROTOCOL.md was not found"
+    );
     routes
 }
 
