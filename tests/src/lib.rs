@@ -45,6 +45,8 @@ pub struct Relay {
     pub database_url: String,
     /// The PostgreSQL database made for this relay, dropped with it.
     postgres: Option<Arc<PgDatabase>>,
+    /// Further command-line arguments (kept across restarts).
+    args: Vec<String>,
     /// `host:port` the relay listens on (kept across restarts).
     pub addr: String,
     log_reader: Option<std::thread::JoinHandle<()>>,
@@ -59,15 +61,21 @@ impl Relay {
 
     /// Starts a relay on `engine` (see [`Relay::start`]).
     pub fn start_on(dir: &Path, engine: Engine) -> Relay {
+        Self::start_with_args(dir, engine, &[])
+    }
+
+    /// Starts a relay on `engine` with further command-line arguments.
+    pub fn start_with_args(dir: &Path, engine: Engine, args: &[&str]) -> Relay {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         match engine {
             Engine::Sqlite => {
                 let url = format!("sqlite://{}", dir.join("relay.db").display());
-                Self::spawn(dir, "127.0.0.1:0", &url, None)
+                Self::spawn(dir, "127.0.0.1:0", &url, None, args)
             }
             Engine::Postgres => {
                 let db = Arc::new(PgDatabase::create());
                 let url = db.url.clone();
-                Self::spawn(dir, "127.0.0.1:0", &url, Some(db))
+                Self::spawn(dir, "127.0.0.1:0", &url, Some(db), args)
             }
         }
     }
@@ -80,6 +88,7 @@ impl Relay {
             "127.0.0.1:0",
             &other.database_url.clone(),
             other.postgres.clone(),
+            other.args.clone(),
         )
     }
 
@@ -88,6 +97,7 @@ impl Relay {
         listen: &str,
         database_url: &str,
         postgres: Option<Arc<PgDatabase>>,
+        args: Vec<String>,
     ) -> Relay {
         std::fs::create_dir_all(dir).expect("create relay directory");
         let log_path = dir.join("relay.log");
@@ -101,6 +111,7 @@ impl Relay {
             .arg(listen)
             .arg("--database-url")
             .arg(database_url)
+            .args(&args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -136,6 +147,7 @@ impl Relay {
             dir: dir.to_path_buf(),
             database_url: database_url.to_owned(),
             postgres,
+            args,
             addr,
             log_reader: Some(reader),
         }
@@ -173,6 +185,7 @@ impl Relay {
             &self.addr.clone(),
             &self.database_url.clone(),
             self.postgres.clone(),
+            self.args.clone(),
         );
         assert_eq!(again.addr, self.addr);
         *self = again;
@@ -193,9 +206,82 @@ impl Relay {
             .count()
     }
 
-    /// Paths of the relay's database files (main file, WAL, shared memory) and its log.
+    /// Paths of the relay's files: its log and, on SQLite, its database files (main file,
+    /// WAL, shared memory). On PostgreSQL, the database's content is dumped as text into
+    /// `database-dump.txt` (every row of every table, bytes as hex) and that file is listed.
     pub fn files(&self) -> Vec<PathBuf> {
+        if self.postgres.is_some() {
+            self.dump_postgres();
+        }
         files_under(&self.dir)
+    }
+
+    /// Whether the relay runs on PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// Runs SQL statements against the relay's PostgreSQL database (as a hostile operator
+    /// would); each statement gets the binds given with it.
+    pub fn postgres_execute(&self, statements: Vec<(String, Vec<Vec<u8>>)>) {
+        let url = self.database_url.clone();
+        block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            for (sql, binds) in statements {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for bind in binds {
+                    query = query.bind(bind);
+                }
+                query.execute(&mut conn).await.expect("statement");
+            }
+        });
+    }
+
+    /// One column of one row from the relay's PostgreSQL database.
+    pub fn postgres_bytes(&self, sql: &str, bind: Vec<u8>) -> Vec<u8> {
+        let url = self.database_url.clone();
+        let sql = sql.to_owned();
+        block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(sql));
+            if !bind.is_empty() {
+                query = query.bind(bind);
+            }
+            query.fetch_one(&mut conn).await.expect("row")
+        })
+    }
+
+    fn dump_postgres(&self) {
+        let url = self.database_url.clone();
+        let dump = block_on_thread(async move {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' ORDER BY table_name",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+            let mut out = String::new();
+            for table in tables {
+                let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT t::text FROM \"{table}\" t"
+                )))
+                .fetch_all(&mut conn)
+                .await
+                .expect("rows");
+                out.push_str(&format!("-- {table}: {} rows\n", rows.len()));
+                for row in rows {
+                    out.push_str(&row);
+                    out.push('\n');
+                }
+            }
+            out
+        });
+        std::fs::write(self.dir.join("database-dump.txt"), dump).expect("write dump");
     }
 }
 

@@ -102,12 +102,21 @@ fn relay_is_blind_and_client_store_is_encrypted() {
     assert!(leaks.is_empty(), "canary in HTTP traffic");
 
     let relay_files = relay.files();
-    assert!(
-        relay_files
-            .iter()
-            .any(|f| f.to_string_lossy().ends_with("-wal")),
-        "the relay's WAL file exists to be scanned: {relay_files:?}"
-    );
+    if relay.on_postgres() {
+        let dump = std::fs::read_to_string(relay.dir.join("database-dump.txt")).unwrap();
+        assert!(
+            dump.contains("-- mailbox: ") && dump.len() > 10_000,
+            "the relay's database was dumped to be scanned ({} bytes)",
+            dump.len()
+        );
+    } else {
+        assert!(
+            relay_files
+                .iter()
+                .any(|f| f.to_string_lossy().ends_with("-wal")),
+            "the relay's WAL file exists to be scanned: {relay_files:?}"
+        );
+    }
     assert!(relay_files.iter().any(|f| f.ends_with("relay.log")));
     assert_eq!(
         scan_files(&relay_files, canary.as_bytes()),
@@ -303,7 +312,36 @@ fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
 
     // Play the hostile relay: write straight into bob's mailbox while the relay is down.
     relay.kill();
-    {
+    // Fresh timestamps: the relay's retention sweep deletes old envelopes.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let garbage: Vec<u8> = (0..300).map(|_| rand::random::<u8>()).collect();
+    if relay.on_postgres() {
+        let bob_device =
+            relay.postgres_bytes("SELECT device_id FROM devices WHERE handle = 'bob'", vec![]);
+        let last = relay.postgres_bytes(
+            "SELECT payload FROM mailbox WHERE device_id = $1 ORDER BY seq DESC LIMIT 1",
+            bob_device.clone(),
+        );
+        let statements = [last[..last.len() / 2].to_vec(), garbage, last.clone()]
+            .into_iter()
+            .map(|payload| {
+                (
+                    format!(
+                        "WITH s AS (UPDATE devices SET mailbox_seq = mailbox_seq + 1, \
+                           mailbox_count = mailbox_count + 1 WHERE device_id = $1 \
+                           RETURNING mailbox_seq) \
+                         INSERT INTO mailbox (device_id, seq, payload, received_at) \
+                         SELECT $1, mailbox_seq, $2, {now_ms} FROM s"
+                    ),
+                    vec![bob_device.clone(), payload],
+                )
+            })
+            .collect();
+        relay.postgres_execute(statements);
+    } else {
         let db = rusqlite::Connection::open(relay.dir.join("relay.db")).unwrap();
         let bob_device: Vec<u8> = db
             .query_row(
@@ -319,16 +357,11 @@ fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
                 |r| r.get(0),
             )
             .unwrap();
-        // Fresh timestamps: the relay's retention sweep deletes old envelopes.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        let garbage: Vec<u8> = (0..300).map(|_| rand::random::<u8>()).collect();
         for payload in [last[..last.len() / 2].to_vec(), garbage, last.clone()] {
             let seq: i64 = db
                 .query_row(
-                    "UPDATE devices SET mailbox_seq = mailbox_seq + 1 WHERE device_id = ?1 \
+                    "UPDATE devices SET mailbox_seq = mailbox_seq + 1, \
+                       mailbox_count = mailbox_count + 1 WHERE device_id = ?1 \
                      RETURNING mailbox_seq",
                     [&bob_device],
                     |r| r.get(0),

@@ -251,7 +251,7 @@ impl Live {
             }
         };
         match frame {
-            ServerFrame::Envelopes { envelopes } => {
+            ServerFrame::Envelopes { envelopes, .. } => {
                 let processed = {
                     let _op = self.client.operation().await?;
                     let mut result = Ok(());

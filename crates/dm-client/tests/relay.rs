@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use dm_client::{Client, CreateOptions, Event, Handle};
 use dm_server::AppState;
+use dm_server::store::StoreOptions;
 use dm_server::store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
@@ -16,16 +17,20 @@ struct Relay {
 }
 
 async fn start_relay() -> Relay {
-    start_relay_with(dm_server::push::SocketLimits::default()).await
+    start_relay_with(
+        dm_server::Config::default().max_websockets,
+        StoreOptions::default(),
+    )
+    .await
 }
 
-async fn start_relay_with(limits: dm_server::push::SocketLimits) -> Relay {
+async fn start_relay_with(max_websockets: usize, options: StoreOptions) -> Relay {
     let dir = TempDir::new().unwrap();
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
-    let store = Arc::new(SqliteStore::connect(&db).await.unwrap());
+    let store = Arc::new(SqliteStore::connect(&db, options).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = dm_server::app(AppState::new(store).with_socket_limits(limits));
+    let app = dm_server::app(AppState::new(store).with_max_websockets(max_websockets));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Relay { url, dir }
 }
@@ -260,11 +265,7 @@ async fn live_feed_falls_back_to_fetching() {
     use dm_client::LiveMode;
     use std::time::Duration;
 
-    let relay = start_relay_with(dm_server::push::SocketLimits {
-        max_sockets: 0,
-        ..Default::default()
-    })
-    .await;
+    let relay = start_relay_with(0, StoreOptions::default()).await;
     let root = TempDir::new().unwrap();
     let (alice, _) = account(&relay, root.path(), "alice").await;
     let (bob, _) = account(&relay, root.path(), "bob").await;
@@ -279,4 +280,32 @@ async fn live_feed_falls_back_to_fetching() {
         assert_eq!(texts(&batch.events), [format!("@alice: {text}")]);
         bob.acknowledge_events(&batch).await.unwrap();
     }
+}
+
+/// Key package exhaustion is a known denial of service against MLS: with the relay handing
+/// out no more one-time packages for bob (the per-target claim limit is used up), a new
+/// contact still starts a conversation on bob's last-resort package, and messages flow.
+#[tokio::test]
+async fn a_conversation_starts_on_the_last_resort_package_when_claims_are_limited() {
+    let relay = start_relay_with(
+        dm_server::Config::default().max_websockets,
+        StoreOptions {
+            one_time_claims_per_target_per_hour: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let root = TempDir::new().unwrap();
+    let (alice, _) = account(&relay, root.path(), "alice").await;
+    let (bob, _) = account(&relay, root.path(), "bob").await;
+    let (carol, _) = account(&relay, root.path(), "carol").await;
+    alice.send(&handle("bob"), "from alice").await.unwrap();
+    carol.send(&handle("bob"), "from carol").await.unwrap();
+    let mut got = texts(&bob.sync().await.unwrap());
+    got.sort();
+    assert_eq!(got, ["@alice: from alice", "@carol: from carol"]);
+    bob.send(&handle("alice"), "back to alice").await.unwrap();
+    bob.send(&handle("carol"), "back to carol").await.unwrap();
+    assert_eq!(texts(&alice.sync().await.unwrap()), ["@bob: back to alice"]);
+    assert_eq!(texts(&carol.sync().await.unwrap()), ["@bob: back to carol"]);
 }

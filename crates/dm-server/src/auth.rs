@@ -86,11 +86,10 @@ pub struct Authenticated {
     pub device_key: [u8; 32],
 }
 
-impl FromRequestParts<AppState> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = bearer_hash(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+impl Authenticated {
+    /// The device of the session whose token `headers` carry, if it is valid and unexpired.
+    async fn lookup(state: &AppState, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let hash = bearer_hash(headers).ok_or_else(ApiError::unauthenticated)?;
         let device = state
             .store()
             .session(hash, state.now_secs())
@@ -101,6 +100,25 @@ impl FromRequestParts<AppState> for Authenticated {
             handle: device.handle,
             device_key: device.device_key,
         })
+    }
+
+    /// Like the extractor, but `None` on any failure (middleware uses it to tell clients
+    /// apart; the handler's extractor then answers the error, if any).
+    pub async fn from_session(state: &AppState, headers: &HeaderMap) -> Option<Self> {
+        bearer_token(headers)?;
+        Self::lookup(state, headers).await.ok()
+    }
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Found by the rate-limit middleware already (only the relay inserts it).
+        if let Some(found) = parts.extensions.get::<Authenticated>() {
+            return Ok(found.clone());
+        }
+        Self::lookup(state, &parts.headers).await
     }
 }
 

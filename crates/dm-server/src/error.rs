@@ -21,6 +21,8 @@ pub struct ApiError {
     message: Cow<'static, str>,
     /// The group's current epoch, answered with `epoch_conflict` only.
     epoch: Option<u64>,
+    /// Seconds for the `Retry-After` header of `rate_limited` (60 when unset).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -30,6 +32,15 @@ impl ApiError {
             code,
             message: message.into(),
             epoch: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// `429 rate_limited`, with a `Retry-After` header of `retry_after_secs`.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -43,6 +54,7 @@ impl ApiError {
             )
             .into(),
             epoch: Some(current),
+            retry_after_secs: None,
         }
     }
 
@@ -144,9 +156,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if self.code == ErrorCode::RateLimited {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs.unwrap_or(60)),
+            );
         }
         response
     }
@@ -184,9 +197,19 @@ impl From<StoreError> for ApiError {
                 ErrorCode::IdReused,
                 "the message id was used before for a different message",
             ),
-            err @ (StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)) => {
-                Self::internal(err)
-            }
+            StoreError::RateLimited { retry_after_secs } => Self::rate_limited(
+                format!(
+                    "too many key package claims from this device: retry after \
+                     {retry_after_secs} s"
+                ),
+                retry_after_secs,
+            ),
+            StoreError::Closed => Self::new(ErrorCode::Unavailable, "the relay is shutting down"),
+            err @ (StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::UnsupportedDatabaseUrl
+            | StoreError::BatchCommit(_)) => Self::internal(err),
         }
     }
 }

@@ -10,11 +10,12 @@
 //! send commits, on PostgreSQL through `LISTEN/NOTIFY`, so a message stored through any
 //! relay instance wakes the socket wherever it is connected. One dispatcher task per relay
 //! turns them into a [`Notify`] per socket: an idle socket costs a table entry, a parked
-//! task and small WebSocket buffers (set explicitly, see [`SocketLimits`]), never a
+//! task and small WebSocket buffers (set explicitly), never a
 //! broadcast receiver of its own. A wakeup that arrives while a socket is busy is kept
 //! (a `Notify` permit), so none is lost between a fetch and the next wait.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -26,14 +27,14 @@ use axum::response::Response;
 use dm_wire::DeviceId;
 use dm_wire::api::limits::{MAX_CLIENT_FRAME_BYTES, MAX_PUSH_BATCH, PUSH_PING_SECS};
 use dm_wire::api::{ClientFrame, Envelope, ErrorCode, ErrorDetail, PushQuery, ServerFrame};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::AppState;
 use crate::auth::{Authenticated, bearer_hash};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::store::{Store, Wakeup};
+use crate::{AppState, WebSocketSlot};
 
 /// Envelope payload bytes per frame (a frame holds at least one envelope, whatever its
 /// size): keeps the socket's write buffer, which keeps its capacity, small.
@@ -51,61 +52,45 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: the client sent something that is not a client frame.
 const CLOSE_POLICY: u16 = 1008;
 
-/// Bounds of the push sockets, set by the operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SocketLimits {
-    /// Open sockets at most; beyond, the upgrade is answered 503 `unavailable` (the
-    /// client fetches instead).
-    pub max_sockets: usize,
-    /// Bytes of the socket's read buffer (tungstenite's default is 128 KiB).
-    pub read_buffer_bytes: usize,
-}
-
-impl Default for SocketLimits {
-    fn default() -> Self {
-        Self {
-            max_sockets: 20_000,
-            read_buffer_bytes: MAX_CLIENT_FRAME_BYTES,
-        }
-    }
-}
+/// Bytes of a socket's read buffer (tungstenite's default is 128 KiB): a client frame is
+/// at most this big.
+const READ_BUFFER_BYTES: usize = MAX_CLIENT_FRAME_BYTES;
 
 /// One open socket of a device: its id and its wakeup.
 type SocketEntry = (u64, Arc<Notify>);
 
 /// The relay's open push sockets, by device.
 pub struct Push {
-    limits: SocketLimits,
-    permits: Arc<Semaphore>,
     sockets: Mutex<HashMap<DeviceId, Vec<SocketEntry>>>,
     next_id: AtomicU64,
     open: AtomicUsize,
     delivered: AtomicU64,
     dispatcher: OnceLock<()>,
-    shutdown: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Push {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Push")
-            .field("limits", &self.limits)
             .field("open", &self.open())
             .finish_non_exhaustive()
     }
 }
 
+impl Default for Push {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Push {
     /// No sockets yet.
-    pub fn new(limits: SocketLimits) -> Self {
+    pub fn new() -> Self {
         Self {
-            limits,
-            permits: Arc::new(Semaphore::new(limits.max_sockets)),
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             delivered: AtomicU64::new(0),
             dispatcher: OnceLock::new(),
-            shutdown: watch::Sender::new(false),
         }
     }
 
@@ -117,12 +102,6 @@ impl Push {
     /// Envelopes sent on push sockets since the relay started.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
-    }
-
-    /// Asks every socket to close (code 1001) and refuses new ones.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-        self.permits.close();
     }
 
     /// Waits until every socket has closed, at most `grace`.
@@ -224,18 +203,22 @@ pub async fn socket(
     ApiQuery(query): ApiQuery<PushQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let push = Arc::clone(state.push());
-    let permit = Arc::clone(&push.permits).try_acquire_owned().map_err(|_| {
+    if state.is_shutting_down() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the relay is shutting down; reconnect to another instance or later",
+        ));
+    }
+    let slot = state.try_websocket().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
             "too many open push sockets; fetch the mailbox instead",
         )
     })?;
     let token_hash = bearer_hash(&headers).ok_or_else(ApiError::unauthenticated)?;
-    push.ensure_dispatcher(state.store_arc());
-    let limits = push.limits;
+    state.push().ensure_dispatcher(state.store_arc());
     Ok(upgrade
-        .read_buffer_size(limits.read_buffer_bytes)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
@@ -247,7 +230,7 @@ pub async fn socket(
                 token_hash,
                 sent_up_to: query.after,
                 ws,
-                _permit: permit,
+                _slot: slot,
             };
             conn.run().await;
         }))
@@ -268,15 +251,15 @@ struct Connection {
     /// The highest `seq` sent on this socket (or the client's cursor).
     sent_up_to: u64,
     ws: WebSocket,
-    _permit: OwnedSemaphorePermit,
+    _slot: WebSocketSlot,
 }
 
 impl Connection {
     async fn run(mut self) {
         let push = Arc::clone(self.state.push());
         let registration = push.register(self.device);
-        let mut shutdown = push.shutdown.subscribe();
-        let stop = self.serve(&registration, &mut shutdown).await;
+        let shutdown = self.state.shutting_down();
+        let stop = self.serve(&registration, shutdown).await;
         drop(registration);
         if let Stop::Close(code, reason, error) = stop {
             if let Some(error) = error {
@@ -293,16 +276,14 @@ impl Connection {
     async fn serve(
         &mut self,
         registration: &Registration,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()>,
     ) -> Stop {
+        let mut shutdown = std::pin::pin!(shutdown);
         let ping_every = Duration::from_secs(PUSH_PING_SECS);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let mut session_checked = Instant::now();
-        if *shutdown.borrow_and_update() {
-            return Stop::Close(CLOSE_GOING_AWAY, "relay shutting down", None);
-        }
         loop {
             if let Err(stop) = self.push_pending().await {
                 return stop;
@@ -342,7 +323,7 @@ impl Connection {
                         return Stop::Gone;
                     }
                 }
-                _ = shutdown.changed() => {
+                () = &mut shutdown => {
                     return Stop::Close(CLOSE_GOING_AWAY, "relay shutting down", None);
                 }
             }
@@ -352,12 +333,13 @@ impl Connection {
     /// Sends every stored envelope after `sent_up_to`.
     async fn push_pending(&mut self) -> Result<(), Stop> {
         loop {
-            let (envelopes, more) = self
+            let page = self
                 .state
                 .store()
                 .fetch(self.device, self.sent_up_to, MAX_PUSH_BATCH)
                 .await
                 .map_err(|err| store_failure(&err))?;
+            let (envelopes, more, dropped) = (page.envelopes, page.more, page.dropped);
             let Some(last) = envelopes.last() else {
                 return Ok(());
             };
@@ -366,7 +348,8 @@ impl Connection {
             let mut bytes = 0usize;
             for e in envelopes {
                 if !batch.is_empty() && bytes + e.payload.len() > FRAME_PAYLOAD_BUDGET {
-                    self.send_envelopes(std::mem::take(&mut batch)).await?;
+                    self.send_envelopes(std::mem::take(&mut batch), dropped)
+                        .await?;
                     bytes = 0;
                 }
                 bytes += e.payload.len();
@@ -376,7 +359,7 @@ impl Connection {
                     received_at: e.received_at,
                 });
             }
-            self.send_envelopes(batch).await?;
+            self.send_envelopes(batch, dropped).await?;
             self.sent_up_to = last_seq;
             if !more {
                 return Ok(());
@@ -384,9 +367,9 @@ impl Connection {
         }
     }
 
-    async fn send_envelopes(&mut self, envelopes: Vec<Envelope>) -> Result<(), Stop> {
+    async fn send_envelopes(&mut self, envelopes: Vec<Envelope>, dropped: u64) -> Result<(), Stop> {
         let count = envelopes.len() as u64;
-        self.send_frame(&ServerFrame::Envelopes { envelopes })
+        self.send_frame(&ServerFrame::Envelopes { envelopes, dropped })
             .await
             .map_err(|()| Stop::Gone)?;
         self.state

@@ -2,20 +2,25 @@
 //!
 //! The trait speaks in domain operations ("register this account", "accept this message"),
 //! each of which an implementation performs atomically, so that SQLite
-//! ([`sqlite::SqliteStore`]) and a later PostgreSQL implementation can satisfy it unchanged.
-//! The ordering rules of the delivery service live in [`sequence`], shared by every
-//! implementation.
+//! ([`sqlite::SqliteStore`], one relay process) and PostgreSQL
+//! ([`postgres::PostgresStore`], several relay processes sharing one database) satisfy it
+//! alike; [`open`] picks one by the database URL's scheme. The ordering rules of the
+//! delivery service live in [`sequence`], shared by every implementation.
 //!
 //! What is stored: accounts (handle, account key, signed device list), devices (device key,
-//! mailbox counter), login challenges, hashed session tokens, key packages and who claimed
-//! them, per-group epoch and delivery list, per-device mailboxes of opaque MLS messages, and
-//! the (device, message id) pairs that make retries idempotent. Never a private key or a
-//! plaintext.
+//! mailbox counters: last sequence number, envelopes held, envelopes dropped), login
+//! challenges, hashed session tokens, key packages and who claimed them, a log of the last
+//! hour's claims (for the claim limits), per-group epoch and delivery list, per-device
+//! mailboxes of opaque MLS messages, and the (device, message id) pairs that make retries
+//! idempotent. Never a private key or a plaintext.
 
+mod convert;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use dm_wire::api::KeyPackageStock;
 use dm_wire::{DeviceId, Handle, MessageId};
@@ -69,6 +74,22 @@ pub enum StoreError {
     /// The message id was used before by this device for different bytes.
     #[error("message id reused")]
     IdReused,
+    /// The requesting device made too many key package claims in the last hour.
+    #[error("too many key package claims (retry after {retry_after_secs} s)")]
+    RateLimited {
+        /// Seconds until the oldest claim of the window leaves it.
+        retry_after_secs: u64,
+    },
+    /// The database URL names no engine this build supports.
+    #[error("unsupported database URL (expected sqlite://PATH or postgres://...)")]
+    UnsupportedDatabaseUrl,
+    /// The store was closed (the relay is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// The operation succeeded, but the transaction it was batched in (with other
+    /// operations, see [`sqlite`]) failed to commit: it did not happen.
+    #[error("committing the batch failed: {0}")]
+    BatchCommit(Arc<sqlx::Error>),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -196,12 +217,16 @@ pub struct OutgoingWelcome {
 }
 
 /// The relay's answer to an accepted message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendOutcome {
     /// The group's epoch after the message.
     pub epoch: u64,
     /// Whether this was a retry of an accepted message.
     pub duplicate: bool,
+    /// Which mailboxes received an envelope (the message, or a Welcome) under which
+    /// sequence number. Empty for a duplicate; a device whose mailbox was full is not
+    /// listed (its `dropped` counter counted the envelope instead).
+    pub delivered: Vec<(DeviceId, u64)>,
 }
 
 /// One envelope read from a mailbox.
@@ -213,6 +238,18 @@ pub struct StoredEnvelope {
     pub payload: Vec<u8>,
     /// When it was stored (unix milliseconds).
     pub received_at: u64,
+}
+
+/// A page of a device's mailbox.
+#[derive(Clone, Debug, Default)]
+pub struct MailboxPage {
+    /// Envelopes in increasing `seq` order.
+    pub envelopes: Vec<StoredEnvelope>,
+    /// Whether more envelopes wait after the last one.
+    pub more: bool,
+    /// Envelopes for this device that were not stored because its mailbox was full
+    /// (monotonic, since the device was registered).
+    pub dropped: u64,
 }
 
 /// How many rows a sweep deleted.
@@ -230,12 +267,14 @@ pub struct SweepStats {
     pub envelopes: u64,
     /// Idempotency records older than their retention.
     pub sent_messages: u64,
+    /// Records of key package claims that left the rate limits' one-hour window.
+    pub claim_log: u64,
 }
 
-/// How long the relay keeps things, in seconds. All of them are the one published
-/// [`dm_wire::api::limits::MAILBOX_RETENTION_SECS`]: whatever a client may still retry or
-/// route (a send, a Welcome to a claimed key package) stays known as long as the envelopes
-/// it produced can wait in a mailbox.
+/// How long the relay keeps things, in seconds. Apart from the claim limits' window, all of
+/// them are the one published [`dm_wire::api::limits::MAILBOX_RETENTION_SECS`]: whatever a
+/// client may still retry or route (a send, a Welcome to a claimed key package) stays known
+/// as long as the envelopes it produced can wait in a mailbox (by default).
 pub mod retention {
     use dm_wire::api::limits::{IDEMPOTENCY_RETENTION_SECS, MAILBOX_RETENTION_SECS};
 
@@ -243,8 +282,14 @@ pub mod retention {
     /// each claim of a last-resort one, stay this long, so a Welcome encrypted to it can
     /// still be routed by its reference.
     pub const CLAIMED_KEY_PACKAGE_SECS: u64 = MAILBOX_RETENTION_SECS;
-    /// An unacknowledged envelope is deleted after this long.
+    /// An unacknowledged envelope is deleted after this long, unless the operator sets
+    /// another [`super::StoreOptions::envelope_retention_secs`].
     pub const ENVELOPE_SECS: u64 = MAILBOX_RETENTION_SECS;
+    /// The window of the key package claim limits
+    /// ([`super::StoreOptions::claims_per_requester_per_hour`] and
+    /// [`super::StoreOptions::one_time_claims_per_target_per_hour`]); a claim record is
+    /// swept once it left the window.
+    pub const CLAIM_WINDOW_SECS: u64 = 3600;
     /// A (device, message id) record that makes retries idempotent is kept this long: as
     /// long as the envelopes of the accepted message.
     pub const SENT_MESSAGE_SECS: u64 = IDEMPOTENCY_RETENTION_SECS;
@@ -277,6 +322,9 @@ impl Default for StoreOptions {
         }
     }
 }
+
+/// Wakeups a [`Store::subscribe`] receiver may fall behind by before it is told it lagged.
+pub(crate) const WAKEUP_CAPACITY: usize = 4096;
 
 /// A signal that new envelopes wait, published to every relay instance sharing the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +417,13 @@ pub trait Store: Send + Sync + 'static {
     /// unexpired one-time package, else the last-resort one (which stays). Records that
     /// `claimed_by` claimed each of them, so that only `claimed_by` can route a Welcome to
     /// them. Fails with [`StoreError::UnknownHandle`].
+    ///
+    /// Limits, enforced in the database (so they hold across relay instances), over the
+    /// last [`retention::CLAIM_WINDOW_SECS`]: a requesting device may claim at most
+    /// [`StoreOptions::claims_per_requester_per_hour`] times (beyond:
+    /// [`StoreError::RateLimited`], nothing claimed or recorded); at most
+    /// [`StoreOptions::one_time_claims_per_target_per_hour`] one-time packages of one
+    /// account are handed out (beyond: its devices' last-resort packages).
     fn claim_key_packages<'a>(
         &'a self,
         handle: &'a Handle,
@@ -385,23 +440,18 @@ pub trait Store: Send + Sync + 'static {
     /// ([`StoreError::UnclaimedKeyPackageRef`]) and every removed device must be on the
     /// delivery list and not be the sender ([`StoreError::InvalidRemoval`]). A refused
     /// message changes nothing.
+    ///
+    /// A recipient whose mailbox holds [`StoreOptions::mailbox_quota`] envelopes gets
+    /// nothing; its `dropped` counter counts the envelope and the send goes on for the
+    /// others. Every stored envelope is published to [`Store::subscribe`] once committed.
     fn send(&self, message: OutgoingMessage, now_ms: u64) -> StoreFuture<'_, SendOutcome>;
 
-    /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit`, and
-    /// whether more wait.
-    fn fetch(
-        &self,
-        device_id: DeviceId,
-        after: u64,
-        limit: u32,
-    ) -> StoreFuture<'_, (Vec<StoredEnvelope>, bool)>;
+    /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit`,
+    /// whether more wait, and the device's `dropped` counter.
+    fn fetch(&self, device_id: DeviceId, after: u64, limit: u32) -> StoreFuture<'_, MailboxPage>;
 
     /// Deletes a device's envelopes with `seq <= up_to`.
     fn ack(&self, device_id: DeviceId, up_to: u64) -> StoreFuture<'_, ()>;
-
-    /// Wakeups for every envelope stored from now on, through any relay instance sharing
-    /// this database (see [`Wakeup`]).
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Wakeup>;
 
     /// Succeeds when the database answers (readiness).
     fn ping(&self) -> StoreFuture<'_, ()>;
@@ -410,8 +460,54 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self, now: u64) -> StoreFuture<'_, StoreStats>;
 
     /// Deletes expired challenges, sessions and key packages, old claimed key packages and
-    /// claim records, envelopes and idempotency records past their [`retention`].
+    /// claim records, envelopes older than [`StoreOptions::envelope_retention_secs`] and
+    /// idempotency records past their [`retention`].
     fn sweep(&self, now: u64) -> StoreFuture<'_, SweepStats>;
+
+    /// Signals that envelopes were stored, from this relay instance and (PostgreSQL) every
+    /// other instance sharing the database. A receiver that lags behind by more than the
+    /// channel's capacity gets [`tokio::sync::broadcast::error::RecvError::Lagged`]: treat
+    /// it like [`Wakeup::Resync`].
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Wakeup>;
+
+    /// Finishes queued writes and closes the database connections; later operations fail
+    /// (with [`StoreError::Closed`] or a database error).
+    fn close(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Opens the store a database URL names: `sqlite://PATH` (the file is created if missing)
+/// or `postgres://…` / `postgresql://…` (the database must exist). Applies pending
+/// migrations. Fails with [`StoreError::UnsupportedDatabaseUrl`] for any other scheme.
+pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    match Engine::of_url(url) {
+        Some(Engine::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?)),
+        Some(Engine::Postgres) => Ok(Arc::new(
+            postgres::PostgresStore::connect(url, options).await?,
+        )),
+        None => Err(StoreError::UnsupportedDatabaseUrl),
+    }
+}
+
+/// A storage engine the relay supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// One SQLite file (one relay process).
+    Sqlite,
+    /// A PostgreSQL database (any number of relay processes).
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a database URL names by its scheme (`sqlite:`, `postgres:`,
+    /// `postgresql:`).
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
 }
 
 /// What accepting a message does to its group.
@@ -477,6 +573,20 @@ pub fn sequence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engines_by_scheme() {
+        assert_eq!(Engine::of_url("sqlite://x.db"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of_url("sqlite::memory:"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of_url("postgres://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(
+            Engine::of_url("PostgreSQL://u@h/db"),
+            Some(Engine::Postgres)
+        );
+        for url in ["mysql://h/db", "dm-server.db", "", "sqlite", "http://x"] {
+            assert_eq!(Engine::of_url(url), None, "{url}");
+        }
+    }
 
     fn ok(r: Result<Sequenced, StoreError>) -> Sequenced {
         r.expect("accepted")

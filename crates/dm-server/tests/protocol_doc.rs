@@ -1,8 +1,8 @@
 //! PROTOCOL.md documents every route of the relay, and nothing else.
 //!
 //! The documented routes are the rows of the table in PROTOCOL.md §2.1. The router's routes
-//! are read from the code twice: from the `.route(PATH, METHOD(..)...)` calls that build it
-//! in `src/lib.rs`, and by probing the real router (on a real SQLite store): every
+//! are read from the code twice: from [`dm_server::routes`], the list the router is built
+//! from, and by probing the real router (on a real SQLite store): every
 //! documented method and path must reach a handler (not the 404 fallback, not 405), every
 //! other method on a documented path must be 405, and an undocumented path must fall back
 //! to 404.
@@ -43,46 +43,12 @@ fn documented() -> Routes {
     routes
 }
 
-/// The routes registered in `app()`: each `.route("PATH", ...)` call and the method
-/// routers (`get(`, `post(`, ...) in its arguments.
+/// The routes the router is built from ([`dm_server::routes`]).
 fn in_code() -> Routes {
-    let source = include_str!("../src/lib.rs");
-    let mut routes = Routes::new();
-    let mut rest = source;
-    while let Some(at) = rest.find(".route(") {
-        rest = &rest[at + ".route(".len()..];
-        // The arguments run to the matching closing parenthesis.
-        let mut depth = 1;
-        let mut end = 0;
-        for (i, c) in rest.char_indices() {
-            match c {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                _ => {}
-            }
-            if depth == 0 {
-                end = i;
-                break;
-            }
-        }
-        let args = &rest[..end];
-        let path = args.split('"').nth(1).expect("a string literal path");
-        let handlers = &args[args.find(',').unwrap()..];
-        for method in METHODS {
-            let call = format!("{}(", method.to_lowercase());
-            let found = handlers.match_indices(&call).any(|(i, _)| {
-                i == 0
-                    || !handlers[..i]
-                        .chars()
-                        .last()
-                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
-            });
-            if found {
-                routes.insert((method.to_owned(), path.to_owned()));
-            }
-        }
-    }
-    routes
+    dm_server::routes()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_owned(), path.to_owned()))
+        .collect()
 }
 
 #[test]

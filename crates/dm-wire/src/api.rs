@@ -15,6 +15,9 @@
 //! | POST | `/v1/mailbox/ack` | session | [`AckRequest`] | 204 |
 //! | GET | `/v1/ws?after=SEQ` | session | WebSocket upgrade | [`ServerFrame`]s; sends [`ClientFrame`]s |
 //! | GET | `/healthz` | none | - | 200 `ok` |
+//! | GET | `/readyz` | none | - | 200 `ok`, or 503 [`ErrorCode::Unavailable`] |
+//! | GET | `/metrics` | none | - | Prometheus text format |
+//! | GET | `/openapi.json` | none | - | the OpenAPI 3.1 document |
 //!
 //! "session" means the header `Authorization: Bearer <token>` with a token from
 //! `/v1/auth/session`. Every error is an [`ErrorBody`] with a stable [`ErrorCode`].
@@ -260,6 +263,13 @@ pub struct MailboxResponse {
     pub more: bool,
     /// The device's key package stock, so clients know when to replenish.
     pub key_packages: KeyPackageStock,
+    /// Envelopes for this device that the relay did not store because its mailbox was full
+    /// (the operator's quota), counted since the device was registered; it only grows.
+    /// When it grew since the last fetch, the device missed messages it can never get: a
+    /// client reports that to its user and rejoins the affected conversations (or all of
+    /// them, as it cannot tell which). Absent (0) from relays that predate it.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Acknowledges (and so deletes) every envelope up to and including `up_to`.
@@ -292,6 +302,9 @@ pub enum ServerFrame {
     Envelopes {
         /// The envelopes.
         envelopes: Vec<Envelope>,
+        /// The device's `dropped` counter, as in [`MailboxResponse::dropped`].
+        #[serde(default)]
+        dropped: u64,
     },
     /// The relay deleted the envelopes up to `up_to` after a [`ClientFrame::Ack`].
     Acked {

@@ -22,14 +22,15 @@ pub struct FetchQuery {
     pub limit: Option<u32>,
 }
 
-/// The authenticated device's envelopes after a cursor, and its key package stock.
+/// The authenticated device's envelopes after a cursor, its key package stock and its
+/// `dropped` counter.
 pub async fn fetch(
     State(state): State<AppState>,
     auth: Authenticated,
     ApiQuery(query): ApiQuery<FetchQuery>,
 ) -> Result<Json<MailboxResponse>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_FETCH).min(MAX_FETCH);
-    let (envelopes, more) = state
+    let page = state
         .store()
         .fetch(auth.device_id, query.after, limit)
         .await?;
@@ -37,8 +38,12 @@ pub async fn fetch(
         .store()
         .key_package_stock(auth.device_id, state.now_secs())
         .await?;
+    state
+        .metrics()
+        .envelopes_delivered(page.envelopes.len() as u64);
     Ok(Json(MailboxResponse {
-        envelopes: envelopes
+        envelopes: page
+            .envelopes
             .into_iter()
             .map(|e| Envelope {
                 seq: e.seq,
@@ -46,8 +51,9 @@ pub async fn fetch(
                 received_at: e.received_at,
             })
             .collect(),
-        more,
+        more: page.more,
         key_packages,
+        dropped: page.dropped,
     }))
 }
 

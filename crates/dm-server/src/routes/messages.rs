@@ -80,6 +80,9 @@ pub async fn send(
             state.now_ms(),
         )
         .await?;
+    state
+        .metrics()
+        .envelopes_stored(outcome.delivered.len() as u64);
     Ok(Json(SendResponse {
         epoch: outcome.epoch,
         duplicate: outcome.duplicate,

@@ -2,8 +2,20 @@
 //! message survives power loss. Every write transaction starts with `BEGIN IMMEDIATE`, which
 //! takes the write lock up front: deferred transactions that read and then write would fail
 //! with `SQLITE_BUSY` under concurrency instead of waiting for the busy timeout.
+//!
+//! Group commit: [`Store::send`] and [`Store::ack`] do not commit one by one. They are queued
+//! to one writer task that runs every queued operation (up to 256) in one transaction with
+//! a savepoint per operation, and commits once: one fsync per batch instead of one per
+//! message. Wakeups are published after the commit. This engine serves one relay process;
+//! several processes need PostgreSQL.
+
+mod send;
+mod writer;
+
+use send::send_in;
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dm_wire::api::KeyPackageStock;
@@ -14,34 +26,46 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, SqliteConnection, Transaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::convert::{device_id, handle, int, key32, retry_after, uint};
 use super::{
-    Account, Challenge, Claim, Device, NewAccount, NewKeyPackage, OutgoingMessage, Registration,
-    SendOutcome, Store, StoreError, StoreFuture, StoreStats, StoredEnvelope, SweepStats, Wakeup,
-    retention, sequence,
+    Account, Challenge, Claim, Device, MailboxPage, NewAccount, NewKeyPackage, OutgoingMessage,
+    Registration, SendOutcome, Store, StoreError, StoreFuture, StoreOptions, StoreStats,
+    StoredEnvelope, SweepStats, Wakeup, retention,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Wakeups buffered per subscriber before it lags (and resynchronises).
-const WAKEUP_CAPACITY: usize = 4096;
 /// How long a connection waits for another writer before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool (SQLite has one writer at a time; readers run in parallel).
 const MAX_CONNECTIONS: u32 = 8;
+/// Operations waiting for the writer task before senders wait for room.
+const WRITER_QUEUE: usize = 4096;
 
 /// The relay's state in one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     pool: SqlitePool,
-    wakeups: tokio::sync::broadcast::Sender<Wakeup>,
+    options: StoreOptions,
+    wakeups: broadcast::Sender<Wakeup>,
+    /// The writer task's queue; `None` once closed.
+    writer: Mutex<Option<mpsc::Sender<writer::Op>>>,
+    /// The writer task, awaited on close.
+    writer_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl SqliteStore {
-    /// Opens (creating it if missing) the database at `url` (`sqlite://path`) and applies
-    /// pending migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+    /// Opens (creating it if missing) the database at `url` (`sqlite://path`), applies
+    /// pending migrations and starts the writer task.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -49,48 +73,56 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
+        let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
+        let (queue, ops) = mpsc::channel(WRITER_QUEUE);
+        let task = tokio::spawn(writer::run(
+            pool.clone(),
+            options.mailbox_quota,
+            wakeups.clone(),
+            ops,
+        ));
         Ok(Self {
-            pool,
-            wakeups: tokio::sync::broadcast::Sender::new(WAKEUP_CAPACITY),
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                wakeups,
+                writer: Mutex::new(Some(queue)),
+                writer_task: tokio::sync::Mutex::new(Some(task)),
+            }),
         })
     }
 
-    /// Closes every connection (checkpointing the WAL); later operations fail.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.pool().begin_with("BEGIN IMMEDIATE").await
     }
-}
 
-/// Unix times, mailbox cursors and counters are `u64` in the API and `INTEGER` (i64) in
-/// SQLite. Values above `i64::MAX` (centuries away as times; unreachable as counters)
-/// saturate: the conversion is checked and order-preserving, so a comparison with a stored
-/// value (`seq > after`, `seq <= up_to`, `not_after > now`) means the same for every `u64`
-/// (nothing is after `u64::MAX`, everything is up to it). It never wraps to a negative.
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn uint(v: i64, what: &'static str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(what))
-}
-
-fn handle(s: &str) -> Result<Handle, StoreError> {
-    Handle::from_canonical(s).map_err(|_| StoreError::Corrupt("handle"))
-}
-
-fn device_id(b: &[u8]) -> Result<DeviceId, StoreError> {
-    DeviceId::from_slice(b).map_err(|_| StoreError::Corrupt("device id"))
-}
-
-fn key32(b: &[u8]) -> Result<[u8; 32], StoreError> {
-    b.try_into().map_err(|_| StoreError::Corrupt("32-byte key"))
+    /// Queues an operation for the writer task and waits for its answer.
+    async fn submit<T>(
+        &self,
+        work: writer::Work,
+        answer: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Reply,
+    ) -> Result<T, StoreError> {
+        let queue = self
+            .inner
+            .writer
+            .lock()
+            .ok()
+            .and_then(|q| q.clone())
+            .ok_or(StoreError::Closed)?;
+        let (reply, answered) = oneshot::channel();
+        queue
+            .send(writer::Op::new(work, answer(reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
 }
 
 async fn stock(
@@ -113,30 +145,6 @@ async fn stock(
         one_time: u32::try_from(one_time).map_err(|_| StoreError::Corrupt("count"))?,
         last_resort: last_resort != 0,
     })
-}
-
-/// Appends a payload to a device's mailbox under the next sequence number of that device.
-async fn deliver(
-    conn: &mut SqliteConnection,
-    device: &[u8],
-    payload: &[u8],
-    now_ms: u64,
-) -> Result<u64, StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE devices SET mailbox_seq = mailbox_seq + 1 WHERE device_id = ? \
-         RETURNING mailbox_seq",
-    )
-    .bind(device)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO mailbox (device_id, seq, payload, received_at) VALUES (?, ?, ?, ?)")
-        .bind(device)
-        .bind(seq)
-        .bind(payload)
-        .bind(int(now_ms))
-        .execute(&mut *conn)
-        .await?;
-    uint(seq, "seq")
 }
 
 impl Store for SqliteStore {
@@ -195,7 +203,7 @@ impl Store for SqliteStore {
             let row: Option<(String, Vec<u8>)> =
                 sqlx::query_as("SELECT handle, device_list FROM accounts WHERE handle = ?")
                     .bind(handle_.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.pool())
                     .await?;
             row.map(|(h, device_list)| {
                 Ok(Account {
@@ -212,7 +220,7 @@ impl Store for SqliteStore {
             let row: Option<(String, Vec<u8>)> =
                 sqlx::query_as("SELECT handle, device_key FROM devices WHERE device_id = ?")
                     .bind(id.as_bytes().as_slice())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.pool())
                     .await?;
             row.map(|(h, key)| {
                 Ok(Device {
@@ -296,7 +304,7 @@ impl Store for SqliteStore {
             )
             .bind(token_hash.as_slice())
             .bind(int(now))
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
             row.map(|(d, h, key)| {
                 Ok(Device {
@@ -374,7 +382,7 @@ impl Store for SqliteStore {
 
     fn key_package_stock(&self, device: DeviceId, now: u64) -> StoreFuture<'_, KeyPackageStock> {
         Box::pin(async move {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.pool().acquire().await?;
             stock(&mut conn, &device, now).await
         })
     }
@@ -386,13 +394,38 @@ impl Store for SqliteStore {
         now: u64,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
+            let options = self.inner.options;
+            let window_start = int(now.saturating_sub(retention::CLAIM_WINDOW_SECS));
             let mut tx = self.write().await?;
+            let (claims, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(claimed_at) FROM key_package_claim_log \
+                 WHERE requester = ? AND claimed_at > ?",
+            )
+            .bind(claimed_by.as_bytes().as_slice())
+            .bind(window_start)
+            .fetch_one(&mut *tx)
+            .await?;
+            if claims >= i64::from(options.claims_per_requester_per_hour) {
+                return Err(StoreError::RateLimited {
+                    retry_after_secs: retry_after(oldest, retention::CLAIM_WINDOW_SECS, now),
+                });
+            }
             let device_list: Vec<u8> =
                 sqlx::query_scalar("SELECT device_list FROM accounts WHERE handle = ?")
                     .bind(handle_.as_str())
                     .fetch_optional(&mut *tx)
                     .await?
                     .ok_or(StoreError::UnknownHandle)?;
+            let handed_out: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(one_time), 0) FROM key_package_claim_log \
+                 WHERE target = ? AND claimed_at > ?",
+            )
+            .bind(handle_.as_str())
+            .bind(window_start)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut one_time_budget =
+                i64::from(options.one_time_claims_per_target_per_hour).saturating_sub(handed_out);
             let devices: Vec<Vec<u8>> = sqlx::query_scalar(
                 "SELECT device_id FROM devices WHERE handle = ? AND device_id <> ? \
                  ORDER BY created_at, device_id",
@@ -402,19 +435,28 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             let mut key_packages = Vec::with_capacity(devices.len());
+            let mut one_time_claimed: i64 = 0;
             for dev in devices {
-                let one_time: Option<(i64, Vec<u8>, Vec<u8>, bool)> = sqlx::query_as(
-                    "SELECT id, kp_ref, key_package, last_resort FROM key_packages \
-                     WHERE device_id = ? AND last_resort = 0 AND claimed_at IS NULL \
-                       AND not_after > ? \
-                     ORDER BY id LIMIT 1",
-                )
-                .bind(dev.as_slice())
-                .bind(int(now))
-                .fetch_optional(&mut *tx)
-                .await?;
+                let one_time: Option<(i64, Vec<u8>, Vec<u8>, bool)> = if one_time_budget > 0 {
+                    sqlx::query_as(
+                        "SELECT id, kp_ref, key_package, last_resort FROM key_packages \
+                         WHERE device_id = ? AND last_resort = 0 AND claimed_at IS NULL \
+                           AND not_after > ? \
+                         ORDER BY id LIMIT 1",
+                    )
+                    .bind(dev.as_slice())
+                    .bind(int(now))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                } else {
+                    None
+                };
                 let chosen = match one_time {
-                    Some(row) => Some(row),
+                    Some(row) => {
+                        one_time_budget -= 1;
+                        one_time_claimed += 1;
+                        Some(row)
+                    }
                     None => {
                         sqlx::query_as(
                             "SELECT id, kp_ref, key_package, last_resort FROM key_packages \
@@ -455,6 +497,16 @@ impl Store for SqliteStore {
                 }
                 key_packages.push((device_id(&dev)?, key_package));
             }
+            sqlx::query(
+                "INSERT INTO key_package_claim_log (requester, target, one_time, claimed_at) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(claimed_by.as_bytes().as_slice())
+            .bind(handle_.as_str())
+            .bind(one_time_claimed)
+            .bind(int(now))
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Claim {
                 device_list,
@@ -464,184 +516,16 @@ impl Store for SqliteStore {
     }
 
     fn send(&self, msg: OutgoingMessage, now_ms: u64) -> StoreFuture<'_, SendOutcome> {
-        Box::pin(async move {
-            let sender = msg.sender.as_bytes().as_slice();
-            let group = msg.group_id.as_slice();
-            let mut tx = self.write().await?;
-
-            // A retry is answered like the original, before any ordering rule applies.
-            let previous: Option<(Vec<u8>, i64)> = sqlx::query_as(
-                "SELECT message_hash, epoch FROM sent_messages \
-                 WHERE sender_device = ? AND message_id = ?",
-            )
-            .bind(sender)
-            .bind(msg.id.as_bytes().as_slice())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((hash, epoch)) = previous {
-                return if hash == msg.message_hash {
-                    Ok(SendOutcome {
-                        epoch: uint(epoch, "epoch")?,
-                        duplicate: true,
-                    })
-                } else {
-                    Err(StoreError::IdReused)
-                };
-            }
-
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM groups WHERE group_id = ?")
-                    .bind(group)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let current = current.map(|e| uint(e, "epoch")).transpose()?;
-            let is_member: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
-            )
-            .bind(group)
-            .bind(sender)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let sequenced = sequence(current, is_member.is_some(), msg.kind, msg.epoch)?;
-
-            // The relay's epoch column is an i64: a commit that would pass it cannot be
-            // sequenced (like one that would pass u64::MAX in `sequence`).
-            let new_epoch =
-                i64::try_from(sequenced.new_epoch).map_err(|_| StoreError::EpochConflict {
-                    current: current.unwrap_or_default(),
-                })?;
-
-            // A Welcome goes only to devices whose key package the sender itself claimed:
-            // otherwise any member could put any device on the delivery list.
-            let mut welcomed: Vec<Vec<u8>> = Vec::new();
-            if let Some(welcome) = &msg.welcome {
-                for kp_ref in &welcome.kp_refs {
-                    let dev: Vec<u8> = sqlx::query_scalar(
-                        "SELECT kp.device_id FROM key_packages kp WHERE kp.kp_ref = ?1 AND ( \
-                           (kp.last_resort = 0 AND kp.claimed_by = ?2) \
-                           OR (kp.last_resort = 1 AND EXISTS ( \
-                             SELECT 1 FROM key_package_claims c \
-                             WHERE c.kp_ref = kp.kp_ref AND c.claimed_by = ?2)))",
-                    )
-                    .bind(kp_ref.as_slice())
-                    .bind(sender)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(StoreError::UnclaimedKeyPackageRef)?;
-                    if !welcomed.contains(&dev) {
-                        welcomed.push(dev);
-                    }
-                }
-            }
-
-            // Only current members other than the sender can be taken off the list.
-            for dev in &msg.removed_devices {
-                if *dev == msg.sender {
-                    return Err(StoreError::InvalidRemoval(
-                        "removed_devices must not name the sending device",
-                    ));
-                }
-                let on_list: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM group_members WHERE group_id = ? AND device_id = ?",
-                )
-                .bind(group)
-                .bind(dev.as_bytes().as_slice())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if on_list.is_none() {
-                    return Err(StoreError::InvalidRemoval(
-                        "every device in removed_devices must be on the group's delivery list",
-                    ));
-                }
-            }
-
-            if sequenced.creates_group {
-                sqlx::query("INSERT INTO groups (group_id, epoch, created_at) VALUES (?, ?, ?)")
-                    .bind(group)
-                    .bind(new_epoch)
-                    .bind(int(now_ms / 1000))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES (?, ?)")
-                    .bind(group)
-                    .bind(sender)
-                    .execute(&mut *tx)
-                    .await?;
-            } else if Some(sequenced.new_epoch) != current {
-                sqlx::query("UPDATE groups SET epoch = ? WHERE group_id = ?")
-                    .bind(new_epoch)
-                    .bind(group)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-
-            let recipients: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT device_id FROM group_members WHERE group_id = ? AND device_id <> ? \
-                 ORDER BY device_id",
-            )
-            .bind(group)
-            .bind(sender)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut delivered: Vec<(Vec<u8>, u64)> = Vec::new();
-            for dev in &recipients {
-                let seq = deliver(&mut tx, dev, &msg.message, now_ms).await?;
-                delivered.push((dev.clone(), seq));
-            }
-            if let Some(welcome) = &msg.welcome {
-                for dev in &welcomed {
-                    let seq = deliver(&mut tx, dev, &welcome.message, now_ms).await?;
-                    delivered.push((dev.clone(), seq));
-                    sqlx::query(
-                        "INSERT INTO group_members (group_id, device_id) VALUES (?, ?) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(group)
-                    .bind(dev.as_slice())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            for dev in &msg.removed_devices {
-                sqlx::query("DELETE FROM group_members WHERE group_id = ? AND device_id = ?")
-                    .bind(group)
-                    .bind(dev.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-
-            sqlx::query(
-                "INSERT INTO sent_messages (sender_device, message_id, message_hash, epoch, sent_at) \
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(sender)
-            .bind(msg.id.as_bytes().as_slice())
-            .bind(msg.message_hash.as_slice())
-            .bind(new_epoch)
-            .bind(int(now_ms / 1000))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            for (dev, seq) in delivered {
-                // No subscriber is not an error.
-                let _ = self.wakeups.send(Wakeup::Mailbox {
-                    device_id: device_id(&dev)?,
-                    seq,
-                });
-            }
-            Ok(SendOutcome {
-                epoch: sequenced.new_epoch,
-                duplicate: false,
-            })
-        })
+        Box::pin(self.submit(
+            writer::Work::Send {
+                message: Box::new(msg),
+                now_ms,
+            },
+            writer::Reply::Send,
+        ))
     }
 
-    fn fetch(
-        &self,
-        device: DeviceId,
-        after: u64,
-        limit: u32,
-    ) -> StoreFuture<'_, (Vec<StoredEnvelope>, bool)> {
+    fn fetch(&self, device: DeviceId, after: u64, limit: u32) -> StoreFuture<'_, MailboxPage> {
         Box::pin(async move {
             let rows: Vec<(i64, Vec<u8>, i64)> = sqlx::query_as(
                 "SELECT seq, payload, received_at FROM mailbox \
@@ -650,8 +534,13 @@ impl Store for SqliteStore {
             .bind(device.as_bytes().as_slice())
             .bind(int(after))
             .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
+            let dropped: Option<i64> =
+                sqlx::query_scalar("SELECT dropped FROM devices WHERE device_id = ?")
+                    .bind(device.as_bytes().as_slice())
+                    .fetch_optional(self.pool())
+                    .await?;
             // Checked: a limit that does not fit a usize is no limit.
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let more = rows.len() > limit;
@@ -666,30 +555,21 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok((envelopes, more))
+            Ok(MailboxPage {
+                envelopes,
+                more,
+                dropped: uint(dropped.unwrap_or(0), "dropped")?,
+            })
         })
     }
 
     fn ack(&self, device: DeviceId, up_to: u64) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            let mut tx = self.write().await?;
-            sqlx::query("DELETE FROM mailbox WHERE device_id = ? AND seq <= ?")
-                .bind(device.as_bytes().as_slice())
-                .bind(int(up_to))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Wakeup> {
-        self.wakeups.subscribe()
+        Box::pin(self.submit(writer::Work::Ack { device, up_to }, writer::Reply::Ack))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            sqlx::query("SELECT 1").execute(self.pool()).await?;
             Ok(())
         })
     }
@@ -710,7 +590,7 @@ impl Store for SqliteStore {
                             AND k.not_after > ?1))",
                 )
                 .bind(int(now))
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool())
                 .await?;
             Ok(StoreStats {
                 accounts: uint(accounts, "count")?,
@@ -727,8 +607,9 @@ impl Store for SqliteStore {
             let now_i = int(now);
             let kp_cutoff = int(now.saturating_sub(retention::CLAIMED_KEY_PACKAGE_SECS));
             let envelope_cutoff_ms = int(now
-                .saturating_sub(retention::ENVELOPE_SECS)
+                .saturating_sub(self.inner.options.envelope_retention_secs)
                 .saturating_mul(1000));
+            let claim_cutoff = int(now.saturating_sub(retention::CLAIM_WINDOW_SECS));
             let sent_cutoff = int(now.saturating_sub(retention::SENT_MESSAGE_SECS));
             let mut tx = self.write().await?;
             let challenges = sqlx::query("DELETE FROM challenges WHERE expires_at <= ?")
@@ -760,6 +641,15 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+            sqlx::query(
+                "UPDATE devices SET mailbox_count = mailbox_count - ( \
+                   SELECT COUNT(*) FROM mailbox m \
+                   WHERE m.device_id = devices.device_id AND m.received_at <= ?1) \
+                 WHERE device_id IN (SELECT device_id FROM mailbox WHERE received_at <= ?1)",
+            )
+            .bind(envelope_cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
             let envelopes = sqlx::query("DELETE FROM mailbox WHERE received_at <= ?")
                 .bind(envelope_cutoff_ms)
                 .execute(&mut *tx)
@@ -772,6 +662,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            let claim_log = sqlx::query("DELETE FROM key_package_claim_log WHERE claimed_at <= ?")
+                .bind(claim_cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             tx.commit().await?;
             Ok(SweepStats {
                 challenges,
@@ -780,7 +675,33 @@ impl Store for SqliteStore {
                 key_package_claims,
                 envelopes,
                 sent_messages,
+                claim_log,
             })
         })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Wakeup> {
+        self.inner.wakeups.subscribe()
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Dropping the queue lets the writer finish what is queued and stop.
+            drop(self.inner.writer.lock().ok().and_then(|mut q| q.take()));
+            if let Some(task) = self.inner.writer_task.lock().await.take()
+                && let Err(err) = task.await
+            {
+                tracing::error!(error = %err, "the SQLite writer task failed");
+            }
+            self.pool().close().await;
+            Ok(())
+        })
+    }
+}
+
+/// Publishes one wakeup per stored envelope (nobody listening is fine).
+fn deliver_wakeups(wakeups: &broadcast::Sender<Wakeup>, delivered: &[(DeviceId, u64)]) {
+    for &(device_id, seq) in delivered {
+        let _ = wakeups.send(Wakeup::Mailbox { device_id, seq });
     }
 }

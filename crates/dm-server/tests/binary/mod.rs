@@ -96,3 +96,73 @@ async fn binary_listens_serves_and_stops() {
     assert!(log.contains("/v1/accounts/{handle}"), "{log}");
     assert!(!log.contains("zebra_canary"), "{log}");
 }
+
+/// Starts the binary on `database_url` and returns it with its bound address.
+async fn start_binary(database_url: &str) -> (tokio::process::Child, String) {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dm-server"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dm-server");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("listening line in time")
+        .expect("read stdout")
+        .expect("a line");
+    let addr = line
+        .strip_prefix("dm-server listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Two relay processes on one PostgreSQL database are one relay: a handle registered
+/// through one is taken for the other.
+#[tokio::test]
+async fn two_binaries_share_one_postgres_database() {
+    let Some(db) = crate::support::db::TestDb::postgres("two_binaries").await else {
+        return;
+    };
+    let (_first, first) = start_binary(db.url()).await;
+    let (_second, second) = start_binary(db.url()).await;
+    let alice = Device::new("alice");
+    let body = serde_json::to_vec(&alice.register_request()).unwrap();
+    let response = http(&first, "POST", "/v1/accounts", &body).await;
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let other = Device::new("alice");
+    let body = serde_json::to_vec(&other.register_request()).unwrap();
+    let response = http(&second, "POST", "/v1/accounts", &body).await;
+    assert!(response.starts_with("HTTP/1.1 409"), "{response}");
+    assert!(response.contains(r#""code":"handle_taken""#), "{response}");
+}
+
+/// A database URL of an unsupported engine is refused at start with a clear message.
+#[tokio::test]
+async fn an_unsupported_database_url_is_refused() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dm-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "mysql://root@127.0.0.1/dm",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unsupported database URL (expected sqlite://PATH or postgres://"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}

@@ -1,6 +1,6 @@
 //! Sequencing and delivery: commits, welcomes, conflicts, retries, fan-out, mailboxes.
 
-use dm_server::store::{Store as _, retention};
+use dm_server::store::retention;
 use dm_wire::DeviceId;
 use dm_wire::api::limits::{IDEMPOTENCY_RETENTION_SECS, MAILBOX_RETENTION_SECS};
 use dm_wire::api::{MailboxResponse, SendRequest, SendResponse};
@@ -696,7 +696,7 @@ async fn a_commit_past_the_storable_epoch_is_a_conflict() {
     let alice = Device::join("alice", &relay).await;
     let bob = Device::join("bob", &relay).await;
     let (mut alice_group, _bob_group) = support::pair(&relay, &alice, &bob).await;
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&Relay::database_url(&relay.dir))
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&Relay::database_url(relay.dir()))
         .unwrap()
         .connect()
         .await

@@ -1,9 +1,9 @@
 //! The live push socket (`GET /v1/ws`) over a real loopback connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dm_server::AppState;
-use dm_server::push::SocketLimits;
 use dm_wire::api::{ClientFrame, Envelope, ServerFrame};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -60,7 +60,7 @@ async fn envelopes(socket: &mut Socket, count: usize) -> Vec<Envelope> {
     let mut out = Vec::new();
     while out.len() < count {
         match next_frame(socket).await.expect("socket open") {
-            ServerFrame::Envelopes { envelopes } => out.extend(envelopes),
+            ServerFrame::Envelopes { envelopes, .. } => out.extend(envelopes),
             other => panic!("expected envelopes, got {other:?}"),
         }
     }
@@ -222,13 +222,7 @@ async fn refused_upgrades_and_bad_frames() {
 
 #[tokio::test]
 async fn socket_count_is_bounded_and_shutdown_closes_sockets() {
-    let mut relay = Relay::start().await;
-    relay.set_state(|state: AppState| {
-        state.with_socket_limits(SocketLimits {
-            max_sockets: 1,
-            ..SocketLimits::default()
-        })
-    });
+    let relay = Relay::start_with(Arc::new(|state: AppState| state.with_max_websockets(1))).await;
     let addr = relay.listen().await;
     let bob = Device::join("bob", &relay).await;
 
@@ -258,7 +252,7 @@ async fn socket_count_is_bounded_and_shutdown_closes_sockets() {
     })
     .await
     .expect("registered");
-    push.begin_shutdown();
+    relay.state().begin_shutdown();
     let close = tokio::time::timeout(WAIT, second.next())
         .await
         .expect("close");

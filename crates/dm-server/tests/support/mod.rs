@@ -1,6 +1,9 @@
-//! Test harness: a relay over a real SQLite file driven with `oneshot`, and devices that
-//! build real device lists, key packages, commits and welcomes with openmls.
+//! Test harness: a relay over a real database (a SQLite file, or a PostgreSQL database for
+//! the store conformance suite, see [`db`]) driven with `oneshot`, and devices that build
+//! real device lists, key packages, commits and welcomes with openmls.
 #![allow(dead_code)]
+
+pub mod db;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, header};
-use dm_server::store::sqlite::SqliteStore;
+use dm_server::store::{Store, StoreOptions};
 use dm_server::{AppState, app};
 use dm_wire::api::{
     ChallengeResponse, ClaimResponse, KeyPackageStock, MailboxResponse, RegisterRequest,
@@ -31,13 +34,19 @@ use tower::ServiceExt as _;
 
 pub const CS: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
 
-/// A relay on a SQLite file in a temporary directory, with a clock tests can advance.
+/// Adjusts the state a test relay is built with (rate limit, metrics).
+pub type Configure = Arc<dyn Fn(AppState) -> AppState + Send + Sync>;
+
+/// A relay on a database (by default a SQLite file in a temporary directory), with a clock
+/// tests can advance.
 pub struct Relay {
-    pub dir: TempDir,
-    store: Arc<SqliteStore>,
+    db: db::TestDb,
+    options: StoreOptions,
+    store: Arc<dyn Store>,
     router: Router,
-    state: AppState,
     offset: Arc<AtomicU64>,
+    state: AppState,
+    configure: Configure,
 }
 
 /// An HTTP response, fully read.
@@ -45,6 +54,8 @@ pub struct Relay {
 pub struct Resp {
     pub status: u16,
     pub content_type: Option<String>,
+    pub headers: axum::http::HeaderMap,
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -90,54 +101,100 @@ impl Resp {
 }
 
 impl Relay {
+    /// A relay on a fresh SQLite file with default store options.
     pub async fn start() -> Self {
-        let dir = TempDir::new().expect("temp dir");
-        Self::open(dir, Arc::new(AtomicU64::new(0))).await
+        Self::on(db::TestDb::sqlite(), StoreOptions::default()).await
+    }
+
+    /// A relay whose state is adjusted by `configure` (also after a restart).
+    pub async fn start_with(configure: Configure) -> Self {
+        Self::open(
+            db::TestDb::sqlite(),
+            StoreOptions::default(),
+            Arc::new(AtomicU64::new(0)),
+            configure,
+        )
+        .await
     }
 
     pub fn database_url(dir: &TempDir) -> String {
         format!("sqlite://{}", dir.path().join("relay.db").display())
     }
 
-    async fn open(dir: TempDir, offset: Arc<AtomicU64>) -> Self {
-        let store = Arc::new(
-            SqliteStore::connect(&Self::database_url(&dir))
-                .await
-                .expect("open store"),
-        );
+    /// A relay over `db` with these store options.
+    pub async fn on(db: db::TestDb, options: StoreOptions) -> Self {
+        Self::open(
+            db,
+            options,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(|state| state),
+        )
+        .await
+    }
+
+    async fn open(
+        db: db::TestDb,
+        options: StoreOptions,
+        offset: Arc<AtomicU64>,
+        configure: Configure,
+    ) -> Self {
+        let store = db.store(options).await;
         let clock_offset = offset.clone();
-        let state = AppState::new(store.clone()).with_clock(Arc::new(move || {
+        let state = configure(AppState::new(store.clone()).with_clock(Arc::new(move || {
             SystemTime::now() + Duration::from_secs(clock_offset.load(Ordering::SeqCst))
-        }));
+        })));
         Self {
-            dir,
+            db,
+            options,
             store,
             router: app(state.clone()),
-            state,
             offset,
+            state,
+            configure,
         }
     }
 
-    /// Closes the database and opens the same file again, like a process restart.
-    pub async fn restart(self) -> Self {
-        self.store.close().await;
-        let Relay { dir, offset, .. } = self;
-        Self::open(dir, offset).await
-    }
-
-    pub fn store(&self) -> &SqliteStore {
-        &self.store
-    }
-
-    /// Replaces the router's state (e.g. other limits), keeping store and clock.
-    pub fn set_state(&mut self, f: impl FnOnce(AppState) -> AppState) {
-        self.state = f(self.state.clone());
-        self.router = app(self.state.clone());
-    }
-
-    /// The router's shared state.
+    /// The state the router was built with.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Sends any request.
+    pub async fn request(&self, req: Request<Body>) -> Resp {
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        Resp::read(response).await
+    }
+
+    /// Closes the database and opens the same one again, like a process restart.
+    pub async fn restart(self) -> Self {
+        self.store.close().await.expect("close");
+        let Relay {
+            db,
+            options,
+            offset,
+            configure,
+            ..
+        } = self;
+        Self::open(db, options, offset, configure).await
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The store, shared.
+    pub fn store_arc(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The database.
+    pub fn db(&self) -> &db::TestDb {
+        &self.db
+    }
+
+    /// The SQLite file's directory.
+    pub fn dir(&self) -> &TempDir {
+        self.db.dir()
     }
 
     /// Serves the router on a loopback port (for what needs a real connection, such as a
@@ -182,6 +239,11 @@ impl Resp {
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().expect("ascii").to_owned());
+        let headers = response.headers().clone();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().expect("ascii").to_owned());
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body")
@@ -189,6 +251,8 @@ impl Resp {
         Resp {
             status,
             content_type,
+            headers,
+            retry_after,
             body,
         }
     }
