@@ -102,6 +102,30 @@ pub enum Command {
         /// The other person's handle.
         handle: String,
     },
+    /// Check or regenerate the protocol's published test vectors (tests/vectors/).
+    #[command(subcommand)]
+    Vectors(VectorsCommand),
+}
+
+/// `dm vectors ...`: the published test vectors (see PROTOCOL.md, "Test vectors").
+#[derive(Debug, Subcommand)]
+pub enum VectorsCommand {
+    /// Check every vector file in DIR; prints "N passed, N failed" and fails if any failed.
+    Verify {
+        /// Directory of the vector files.
+        #[arg(default_value = dm_vectors::DEFAULT_DIR, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write the vector files into DIR, deterministically. A file with other bytes is
+    /// replaced only with --force.
+    Generate {
+        /// Directory to write the vector files into.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace files whose bytes differ from the generated ones.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `dm device …`

@@ -27,7 +27,15 @@ fn help_lists_every_command() {
     let out = dm(tmp.path(), &["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["init", "send", "inbox", "chat", "whoami", "rotate-keys"] {
+    for cmd in [
+        "init",
+        "send",
+        "inbox",
+        "chat",
+        "whoami",
+        "rotate-keys",
+        "vectors",
+    ] {
         assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
     }
 }
@@ -91,4 +99,57 @@ fn bad_arguments_are_explained() {
     // Usage errors are clap's (exit code 2).
     let out = dm(tmp.path(), &["send", "bob"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `dm vectors verify` passes on the published vectors, and fails (exit 1, one failure
+/// counted) when one byte of one positive case is changed.
+#[test]
+fn vectors_verify_passes_and_catches_a_flipped_byte() {
+    let published = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = dm(
+        tmp.path(),
+        &["vectors", "verify", published.to_str().expect("utf-8 path")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    let last = stdout.lines().last().expect("a summary line");
+    assert!(last.ends_with(" passed, 0 failed"), "{stdout}");
+
+    // Copy the files, flip one bit of the device certificate's signature.
+    let copy = tmp.path().join("vectors");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for entry in std::fs::read_dir(&published).expect("read dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let file = copy.join("device-certificate.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let signature = json["positive"][0]["signature"]
+        .as_str()
+        .expect("signature")
+        .to_owned();
+    let flipped = format!(
+        "{}{}",
+        if signature.starts_with('0') { '1' } else { '0' },
+        &signature[1..]
+    );
+    json["positive"][0]["signature"] = flipped.into();
+    std::fs::write(&file, serde_json::to_vec(&json).expect("encode")).expect("write");
+    let out = dm(
+        tmp.path(),
+        &["vectors", "verify", copy.to_str().expect("utf-8 path")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAILED positive alice"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .expect("summary")
+            .ends_with(" passed, 1 failed"),
+        "{stdout}"
+    );
 }

@@ -40,6 +40,7 @@ mod outbox;
 mod push;
 mod schema;
 mod store;
+pub mod store_key;
 mod transport;
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 //!   the device's MLS signature key and all MLS group state (through
 //!   `openmls_sqlite_storage` on the same connection), contacts, conversations, messages and
 //!   the outbox. SQLCipher encrypts every page, including the WAL.
-//! * `HOME/store.json` holds only what is needed to derive the key and nothing secret:
-//!   `{"format":1,"kdf":{"algorithm":"argon2id","version":19,"memory_kib":65536,
-//!   "iterations":3,"parallelism":1,"salt":"<32 hex>"}}`.
+//! * `HOME/store.json` holds only what is needed to derive the key and nothing secret
+//!   (see [`crate::store_key`]).
 //!
 //! Key: Argon2id(passphrase, salt) → 32 bytes, applied as a raw SQLCipher key
-//! (`PRAGMA key = "x'<64 hex>'"`, no SQLCipher KDF on top). A wrong passphrase is detected
+//! (`PRAGMA key = "x'<64 hex>'"`, no SQLCipher KDF on top; [`crate::store_key`]). A wrong passphrase is detected
 //! on the first read ("file is not a database") before anything is written.
 //! Pragmas: `secure_delete=ON` (deleted key material is overwritten), `journal_mode=WAL`,
 //! `synchronous=FULL`, `foreign_keys=ON`.
@@ -18,16 +17,16 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use argon2::{Algorithm, Argon2, Params, Version};
 use e2ee_core::Provider;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use rand::RngCore as _;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::schema;
+use crate::store_key::{self, KdfParams, SALT_LEN, StoreMeta};
 
 /// File name of the encrypted database.
 pub const DB_FILE: &str = "store.db";
@@ -37,17 +36,6 @@ pub const META_FILE: &str = "store.json";
 /// the same account (say `dm chat` and `dm inbox`) take turns instead of processing the
 /// same envelope twice.
 pub const LOCK_FILE: &str = "store.lock";
-/// Version of `store.json`.
-const META_FORMAT: u32 = 1;
-/// Argon2id memory cost, in KiB (64 MiB).
-const KDF_MEMORY_KIB: u32 = 64 * 1024;
-/// Argon2id passes.
-const KDF_ITERATIONS: u32 = 3;
-/// Argon2id lanes.
-const KDF_PARALLELISM: u32 = 1;
-/// Salt length, bytes.
-const SALT_LEN: usize = 16;
-
 /// openmls' storage codec: JSON (self-describing, as openmls 0.9 requires).
 #[derive(Default)]
 pub struct JsonCodec;
@@ -68,23 +56,6 @@ impl Codec for JsonCodec {
 pub type MlsStorage<'c> = SqliteStorageProvider<JsonCodec, &'c Connection>;
 /// The openmls provider used by the client.
 pub type MlsProvider<'c> = Provider<MlsStorage<'c>>;
-
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    format: u32,
-    kdf: KdfParams,
-}
-
-#[derive(Serialize, Deserialize)]
-struct KdfParams {
-    algorithm: String,
-    version: u32,
-    memory_kib: u32,
-    iterations: u32,
-    parallelism: u32,
-    #[serde(with = "hex::serde")]
-    salt: Vec<u8>,
-}
 
 /// An open, unlocked store.
 pub struct Store {
@@ -110,19 +81,9 @@ impl Store {
             return Err(Error::AccountExists);
         }
         fs::create_dir_all(home).map_err(|e| io_error("create the home directory", &e))?;
-        let mut salt = vec![0u8; SALT_LEN];
+        let mut salt = [0u8; SALT_LEN];
         rand::rngs::OsRng.fill_bytes(&mut salt);
-        let meta = Meta {
-            format: META_FORMAT,
-            kdf: KdfParams {
-                algorithm: "argon2id".into(),
-                version: 0x13,
-                memory_kib: KDF_MEMORY_KIB,
-                iterations: KDF_ITERATIONS,
-                parallelism: KDF_PARALLELISM,
-                salt,
-            },
-        };
+        let meta = StoreMeta::new(salt);
         let key = derive_key(passphrase, &meta.kdf)?;
         write_meta(home, &meta)?;
         let conn = Connection::open(home.join(DB_FILE)).map_err(store_error)?;
@@ -137,16 +98,9 @@ impl Store {
         if !db.exists() || !meta_path.exists() {
             return Err(Error::NoAccount);
         }
-        let meta: Meta = serde_json::from_slice(
-            &fs::read(&meta_path).map_err(|e| io_error("read store.json", &e))?,
-        )
-        .map_err(|e| Error::Store(format!("store.json is malformed: {e}")))?;
-        if meta.format != META_FORMAT || meta.kdf.algorithm != "argon2id" {
-            return Err(Error::Store(format!(
-                "store.json has an unsupported format ({} / {})",
-                meta.format, meta.kdf.algorithm
-            )));
-        }
+        let meta =
+            StoreMeta::parse(&fs::read(&meta_path).map_err(|e| io_error("read store.json", &e))?)
+                .map_err(|e| Error::Store(e.to_string()))?;
         let key = derive_key(passphrase, &meta.kdf)?;
         let conn = Connection::open_with_flags(
             &db,
@@ -190,8 +144,7 @@ impl Store {
         self.conn
             .execute_batch("PRAGMA cipher_log_level = NONE;")
             .map_err(store_error)?;
-        let hex_key = Zeroizing::new(hex::encode(key));
-        let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex_key.as_str()));
+        let pragma = store_key::key_pragma(key);
         self.conn.execute_batch(&pragma).map_err(store_error)?;
         match self
             .conn
@@ -269,19 +222,11 @@ impl Store {
 }
 
 fn derive_key(passphrase: &str, kdf: &KdfParams) -> Result<Zeroizing<[u8; 32]>, Error> {
-    let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
-        .map_err(|e| Error::Store(format!("bad key-derivation parameters: {e}")))?;
-    let version = Version::try_from(kdf.version)
-        .map_err(|e| Error::Store(format!("bad Argon2 version: {e}")))?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    Argon2::new(Algorithm::Argon2id, version, params)
-        .hash_password_into(passphrase.as_bytes(), &kdf.salt, key.as_mut())
-        .map_err(|e| Error::Internal(format!("key derivation failed: {e}")))?;
-    Ok(key)
+    store_key::derive_key(passphrase, kdf).map_err(|e| Error::Store(e.to_string()))
 }
 
-fn write_meta(home: &Path, meta: &Meta) -> Result<(), Error> {
-    let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(e.to_string()))?;
+fn write_meta(home: &Path, meta: &StoreMeta) -> Result<(), Error> {
+    let json = meta.to_json();
     let tmp: PathBuf = home.join(format!("{META_FILE}.tmp"));
     let mut file = fs::File::create(&tmp).map_err(|e| io_error("write store.json", &e))?;
     file.write_all(&json)

@@ -79,6 +79,22 @@ pub enum ContentError {
     BadPaddingLength,
 }
 
+impl ContentError {
+    /// Stable code of the error, as named by the published test vectors
+    /// (`tests/vectors/content.json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ContentError::UnsupportedVersion(_) => "unsupported_version",
+            ContentError::UnknownKind(_) => "unknown_kind",
+            ContentError::Truncated => "truncated",
+            ContentError::BadUtf8 => "bad_utf8",
+            ContentError::TooLong => "too_long",
+            ContentError::NonZeroPadding => "non_zero_padding",
+            ContentError::BadPaddingLength => "bad_padding_length",
+        }
+    }
+}
+
 impl Content {
     /// A text message.
     pub fn text(message_id: MessageId, sent_at_ms: u64, text: impl Into<String>) -> Self {

@@ -125,6 +125,18 @@ pub enum RecoveryCodeError {
     BadChecksum,
 }
 
+impl RecoveryCodeError {
+    /// Stable code of the error, as named by the published test vectors
+    /// (`tests/vectors/account-key.json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecoveryCodeError::InvalidCharacter(_) => "invalid_character",
+            RecoveryCodeError::WrongLength(_) => "wrong_length",
+            RecoveryCodeError::BadChecksum => "bad_checksum",
+        }
+    }
+}
+
 impl RecoveryCode {
     /// Parses a code typed by a person.
     pub fn parse(input: &str) -> Result<Self, RecoveryCodeError> {

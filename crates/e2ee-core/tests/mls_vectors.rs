@@ -22,7 +22,6 @@ use std::{
     collections::BTreeMap,
     fmt::Debug,
     panic::{AssertUnwindSafe, catch_unwind},
-    path::PathBuf,
     time::Instant,
 };
 
@@ -34,19 +33,11 @@ use openmls::{
     },
     schedule::PreSharedKeyId,
 };
-use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use openmls_traits::storage::StorageProvider as _;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-/// Default location of the vectors: `<workspace root>/../shared/mls-test-vectors`.
-const DEFAULT_VECTORS_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/mls-test-vectors"
-);
-/// Environment variable that overrides [`DEFAULT_VECTORS_DIR`].
-const VECTORS_DIR_ENV: &str = "MLS_TEST_VECTORS_DIR";
+mod common;
+use common::{Context as _, inject_key_package, panic_message, vectors_dir};
 
 /// How many resumption PSKs the passive client must keep at least. Some
 /// handling-commit vectors commit `PreSharedKey` proposals that reference the
@@ -265,47 +256,6 @@ fn run_vector_file(name: &str, covers_product_suite: bool) {
     }
 }
 
-/// Where the vectors are, or `None` (after printing a notice) to skip outside CI.
-fn vectors_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os(VECTORS_DIR_ENV)
-        .map_or_else(|| PathBuf::from(DEFAULT_VECTORS_DIR), PathBuf::from);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-    assert!(
-        !in_ci,
-        "the MLS test vectors are missing: looked for the folder {} (set {VECTORS_DIR_ENV} to \
-         override); CI=true, so this is an error",
-        dir.display()
-    );
-    eprintln!(
-        "NOTICE: skipping the MLS test vectors: folder {} not found (set {VECTORS_DIR_ENV} to \
-         override; with CI=true this fails)",
-        dir.display()
-    );
-    None
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
-}
-
-/// Adds context to an error, for the per-case failure report.
-trait Context<T> {
-    fn context(self, what: &str) -> Result<T, String>;
-}
-
-impl<T, E: Debug> Context<T> for Result<T, E> {
-    fn context(self, what: &str) -> Result<T, String> {
-        self.map_err(|e| format!("{what}: {e:?}"))
-    }
-}
-
 /// One scenario, as FORMAT.md's "Verification" list describes it.
 fn run_case(case: &PassiveClientCase, join_config: &MlsGroupJoinConfig) -> Result<Outcome, String> {
     let provider = OpenMlsRustCrypto::default();
@@ -321,7 +271,13 @@ fn run_case(case: &PassiveClientCase, join_config: &MlsGroupJoinConfig) -> Resul
             .context("storing an external PSK")?;
     }
 
-    let key_package = inject_key_package(&provider, ciphersuite, case)?;
+    let key_package = inject_key_package(
+        &provider,
+        ciphersuite,
+        &case.key_package,
+        &case.init_priv,
+        Some(&case.encryption_priv),
+    )?;
     check_private_keys(&provider, ciphersuite, &key_package, case)?;
 
     let mut group = join(&provider, join_config, case)?;
@@ -348,85 +304,6 @@ fn run_case(case: &PassiveClientCase, join_config: &MlsGroupJoinConfig) -> Resul
         check_epoch_authenticator(&group, &epoch.epoch_authenticator, &at("after the commit"))?;
     }
     Ok(Outcome::Passed)
-}
-
-/// Stores the vector's `KeyPackage` with its private init and encryption keys as
-/// a `KeyPackageBundle`, so that the Welcome can find it, and returns the
-/// `KeyPackage`.
-///
-/// `KeyPackageBundle` has no public constructor from existing keys, so build a
-/// throw-away bundle with the public builder, swap the vector's values into its
-/// serde-JSON form and deserialize it back.
-fn inject_key_package(
-    provider: &OpenMlsRustCrypto,
-    ciphersuite: Ciphersuite,
-    case: &PassiveClientCase,
-) -> Result<KeyPackage, String> {
-    let MlsMessageBodyIn::KeyPackage(key_package_in) =
-        MlsMessageIn::tls_deserialize_exact(&case.key_package)
-            .context("decoding key_package")?
-            .extract()
-    else {
-        return Err("key_package is not an MLSMessage(KeyPackage)".to_owned());
-    };
-
-    // The template's own keys are thrown away, so build it in a scratch provider.
-    let scratch = OpenMlsRustCrypto::default();
-    let signer =
-        SignatureKeyPair::new(ciphersuite.signature_algorithm()).context("template signer")?;
-    let credential = CredentialWithKey {
-        credential: BasicCredential::new(b"template".to_vec()).into(),
-        signature_key: signer.public().into(),
-    };
-    let template = KeyPackage::builder()
-        .build(ciphersuite, &scratch, &signer, credential)
-        .context("building the template KeyPackageBundle")?;
-
-    let mut bundle = serde_json::to_value(&template).context("serializing the template bundle")?;
-    let fields = bundle
-        .as_object_mut()
-        .ok_or("KeyPackageBundle does not serialize to a JSON object")?;
-    let to_json = |key: Vec<u8>| serde_json::to_value(HpkePrivateKey::from(key));
-    replace_field(
-        fields,
-        "key_package",
-        serde_json::to_value(&key_package_in).context("serializing the vector's KeyPackage")?,
-    );
-    replace_field(
-        fields,
-        "private_init_key",
-        to_json(case.init_priv.clone()).context("serializing init_priv")?,
-    );
-    let encryption_key = fields
-        .get_mut("private_encryption_key")
-        .and_then(Value::as_object_mut)
-        .ok_or("KeyPackageBundle has no `private_encryption_key` object, openmls changed")?;
-    replace_field(
-        encryption_key,
-        "key",
-        to_json(case.encryption_priv.clone()).context("serializing encryption_priv")?,
-    );
-    let bundle: KeyPackageBundle =
-        serde_json::from_value(bundle).context("deserializing the injected KeyPackageBundle")?;
-
-    let hash_ref = bundle
-        .key_package()
-        .hash_ref(provider.crypto())
-        .context("KeyPackageRef of the vector's KeyPackage")?;
-    provider
-        .storage()
-        .write_key_package(&hash_ref, &bundle)
-        .context("storing the KeyPackageBundle")?;
-    Ok(bundle.into_key_package())
-}
-
-/// Replaces an existing field of a serde-JSON object; panics if the field does
-/// not exist (the serde layout of an openmls type changed).
-fn replace_field(object: &mut Map<String, Value>, field: &str, value: Value) {
-    let slot = object
-        .get_mut(field)
-        .unwrap_or_else(|| panic!("expected a `{field}` field in the serde form, openmls changed"));
-    *slot = value;
 }
 
 /// First verification step: `signature_priv`, `encryption_priv` and `init_priv`

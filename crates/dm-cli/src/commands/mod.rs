@@ -6,6 +6,7 @@ mod groups;
 mod inbox;
 mod init;
 mod send;
+mod vectors;
 mod whoami;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ use crate::passphrase;
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The test vectors need no account.
+    if let Command::Vectors(command) = cli.command {
+        return vectors::run(command);
+    }
     let home = match cli.home {
         Some(home) => home,
         None => default_home()?,
@@ -66,6 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Rotated this device's keys in the conversation with {peer}.");
             Ok(())
         }
+        Command::Vectors(command) => vectors::run(command),
     }
 }
 
