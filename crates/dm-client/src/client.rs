@@ -72,6 +72,10 @@ pub(crate) struct Inner {
     session: tokio::sync::Mutex<Option<(String, u64)>>,
     /// Serialises the public operations within this process.
     pub(crate) op: tokio::sync::Mutex<()>,
+    /// When this client last fetched its mailbox and last refreshed device lists before a
+    /// send (sends in quick succession do it once, not once each).
+    pub(crate) last_prepared:
+        std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>,
     /// Locked (advisory, whole file) during each operation: serialises processes.
     lock_path: PathBuf,
 }
@@ -207,6 +211,7 @@ impl Client {
                 transport,
                 session: tokio::sync::Mutex::new(None),
                 op: tokio::sync::Mutex::new(()),
+                last_prepared: std::sync::Mutex::new((None, None)),
             }),
         }
     }

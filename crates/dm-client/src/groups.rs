@@ -1,6 +1,8 @@
 //! Group conversations, the conversation list, sending to a conversation, and contact
 //! verification (safety numbers, group codes).
 
+use std::time::{Duration, Instant};
+
 use dm_wire::{GroupId, Handle};
 use e2ee_core::Conversation;
 use e2ee_core::key_package::validate_claimed;
@@ -12,6 +14,11 @@ use crate::db::{self, ConversationState, Purpose};
 use crate::error::Error;
 use crate::events::{ConversationInfo, SentMessage, Verification};
 use crate::outbox::{load, push_commit};
+
+/// Before a send, the mailbox is fetched at most this often.
+const PREPARE_FETCH_EVERY: Duration = Duration::from_secs(2);
+/// Before a send, device lists are refreshed at most this often.
+const PREPARE_REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// Where `dm send` goes: an account (its 1:1 conversation) or a conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,11 +124,35 @@ impl Client {
     ///
     /// Offline (relay unreachable) this does nothing more and succeeds: the message is then
     /// queued in the outbox and sent by a later call.
+    ///
+    /// Sends in quick succession (a chat) fetch the mailbox at most every
+    /// [`PREPARE_FETCH_EVERY`] and refresh device lists at most every
+    /// [`PREPARE_REFRESH_EVERY`], so that typing does not multiply requests.
     pub(crate) async fn prepare_send(&self) -> Result<(), Error> {
+        let (fetch, refresh) = {
+            let last = self
+                .inner
+                .last_prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = |at: Option<Instant>, every| at.is_none_or(|t| t.elapsed() >= every);
+            (
+                due(last.0, PREPARE_FETCH_EVERY),
+                due(last.1, PREPARE_REFRESH_EVERY),
+            )
+        };
         let prepared = async {
             self.flush_outbox().await?;
-            self.sync_mailbox().await?;
-            self.refresh_device_lists().await?;
+            if fetch {
+                self.sync_mailbox().await?;
+                self.note_prepared(true, false);
+            }
+            if refresh {
+                self.refresh_device_lists().await?;
+                self.note_prepared(false, true);
+            }
+            // Local unless there is something to do (pending leave proposals, which
+            // would otherwise block encryption, or devices to add or remove).
             self.reconcile().await?;
             self.flush_outbox().await
         }
@@ -132,6 +163,20 @@ impl Client {
                 Ok(())
             }
             other => other,
+        }
+    }
+
+    fn note_prepared(&self, fetched: bool, refreshed: bool) {
+        let mut last = self
+            .inner
+            .last_prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if fetched {
+            last.0 = Some(Instant::now());
+        }
+        if refreshed {
+            last.1 = Some(Instant::now());
         }
     }
 
