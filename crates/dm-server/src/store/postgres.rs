@@ -440,6 +440,11 @@ impl PostgresStore {
 
     async fn ack_once(&self, device: &DeviceId, up_to: u64) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        // The device row first, like sends and the sweep: one lock order, no deadlock.
+        sqlx::query("SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE")
+            .bind(device.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await?;
         let deleted = sqlx::query("DELETE FROM mailbox WHERE device_id = $1 AND seq <= $2")
             .bind(device.as_bytes().as_slice())
             .bind(int(up_to))
