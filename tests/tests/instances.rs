@@ -105,6 +105,8 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
     for i in 0..3 {
         let text = format!("through A number {i}");
         alice.ok(&["send", "bob", &text]);
+        // Measured from the relay's acknowledgement (alice's `dm send` returned); the line
+        // may well be on bob's screen already.
         let sent = Instant::now();
         assert!(
             wait_for_line(&lines, &text, Duration::from_secs(10)),
@@ -127,6 +129,9 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
     writeln!(stdin, "/quit").unwrap();
     drop(stdin);
     assert!(chat.wait().unwrap().success());
+    // The count above sees fetches: `dm inbox` through B is one.
+    bob.messages();
+    assert!(b.log_lines_with(&["route=/v1/mailbox", "method=GET"]) > fetches_before);
 }
 
 #[test]

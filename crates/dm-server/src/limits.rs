@@ -188,7 +188,8 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            // Saturates (a vanishing rate means a very long wait), never panics.
+            Err(Duration::try_from_secs_f64((1.0 - bucket.tokens) / rate).unwrap_or(Duration::MAX))
         }
     }
 
@@ -215,7 +216,9 @@ impl Buckets {
 
 /// Whole seconds for `Retry-After`: rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.max(1)
 }
 
@@ -465,6 +468,14 @@ mod tests {
         assert_eq!(retry_after_secs(wait), 10);
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        // A vanishing rate waits "forever", without panicking.
+        let limiter = RateLimiter::new(RateLimit {
+            per_second: 1e-300,
+            burst: 1,
+        });
+        assert!(limiter.check(ClientKey::Unknown, t0).is_ok());
+        let wait = limiter.check(ClientKey::Unknown, t0).expect_err("empty");
+        assert_eq!(retry_after_secs(wait), u64::MAX);
     }
 
     #[test]

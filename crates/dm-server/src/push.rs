@@ -49,6 +49,10 @@ const CLOSE_SESSION: u16 = 4001;
 const CLOSE_ERROR: u16 = 1011;
 /// Close code: the relay is shutting down.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Frames a client may send per second (acks and pongs); beyond, the socket is closed.
+const MAX_CLIENT_FRAMES_PER_SEC: u32 = 20;
+/// Sockets one device may have open at once.
+pub const MAX_SOCKETS_PER_DEVICE: usize = 4;
 /// Close code: the client sent something that is not a client frame.
 const CLOSE_POLICY: u16 = 1008;
 
@@ -110,6 +114,12 @@ impl Push {
         while self.open() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sockets `device` has open.
+    pub fn sockets_of(&self, device: &DeviceId) -> usize {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.get(device).map_or(0, Vec::len)
     }
 
     /// Wakes every socket of `device`.
@@ -209,6 +219,12 @@ pub async fn socket(
             "the relay is shutting down; reconnect to another instance or later",
         ));
     }
+    if state.push().sockets_of(&auth.device_id) >= MAX_SOCKETS_PER_DEVICE {
+        return Err(ApiError::rate_limited(
+            format!("a device may have at most {MAX_SOCKETS_PER_DEVICE} push sockets open"),
+            30,
+        ));
+    }
     let slot = state.try_websocket().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -229,6 +245,7 @@ pub async fn socket(
                 device: auth.device_id,
                 token_hash,
                 sent_up_to: query.after,
+                acked_up_to: 0,
                 ws,
                 _slot: slot,
             };
@@ -250,6 +267,8 @@ struct Connection {
     token_hash: [u8; 32],
     /// The highest `seq` sent on this socket (or the client's cursor).
     sent_up_to: u64,
+    /// The highest `seq` acknowledged on this socket.
+    acked_up_to: u64,
     ws: WebSocket,
     _slot: WebSocketSlot,
 }
@@ -260,7 +279,7 @@ impl Connection {
         let registration = push.register(self.device);
         let shutdown = self.state.shutting_down();
         let stop = self.serve(&registration, shutdown).await;
-        drop(registration);
+        // The registration stays until the close frame is out: shutdown waits for it.
         if let Stop::Close(code, reason, error) = stop {
             if let Some(error) = error {
                 let _ = self.send_frame(&ServerFrame::Error { error }).await;
@@ -271,6 +290,7 @@ impl Connection {
             }));
             let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(close)).await;
         }
+        drop(registration);
     }
 
     async fn serve(
@@ -284,14 +304,28 @@ impl Connection {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let mut session_checked = Instant::now();
+        // Fetch only when something may have arrived: at the start, on a wakeup, and on
+        // each ping tick (a safety net for a lost wakeup); never per client frame.
+        let mut dirty = true;
+        let mut window = (Instant::now(), 0u32);
         loop {
-            if let Err(stop) = self.push_pending().await {
-                return stop;
+            if dirty {
+                dirty = false;
+                if let Err(stop) = self.push_pending().await {
+                    return stop;
+                }
             }
             tokio::select! {
-                () = registration.notify.notified() => {}
+                () = registration.notify.notified() => dirty = true,
                 message = self.ws.recv() => {
                     last_heard = Instant::now();
+                    if window.0.elapsed() >= Duration::from_secs(1) {
+                        window = (Instant::now(), 0);
+                    }
+                    window.1 += 1;
+                    if window.1 > MAX_CLIENT_FRAMES_PER_SEC {
+                        return Stop::Close(CLOSE_POLICY, "too many frames", None);
+                    }
                     match message {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Stop::Gone,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -310,6 +344,7 @@ impl Connection {
                     }
                 }
                 _ = ping.tick() => {
+                    dirty = true;
                     if last_heard.elapsed() >= ping_every * 3 {
                         return Stop::Close(CLOSE_POLICY, "no answer to pings", None);
                     }
@@ -394,11 +429,17 @@ impl Connection {
         };
         match frame {
             ClientFrame::Ack { up_to } => {
-                self.state
-                    .store()
-                    .ack(self.device, up_to)
-                    .await
-                    .map_err(|err| store_failure(&err))?;
+                // Never beyond what this socket sent (or the client's own cursor), and
+                // never the same work twice.
+                let up_to = up_to.min(self.sent_up_to);
+                if up_to > self.acked_up_to {
+                    self.state
+                        .store()
+                        .ack(self.device, up_to)
+                        .await
+                        .map_err(|err| store_failure(&err))?;
+                    self.acked_up_to = up_to;
+                }
                 self.send_frame(&ServerFrame::Acked { up_to })
                     .await
                     .map_err(|()| Stop::Gone)

@@ -349,6 +349,10 @@ pub mod retention {
     pub const SENT_MESSAGE_SECS: u64 = IDEMPOTENCY_RETENTION_SECS;
 }
 
+/// Most payload bytes one [`Store::fetch`] returns (always at least one envelope, whatever
+/// its size): bounds the memory a mailbox page or a push batch costs the relay.
+pub const FETCH_BYTE_BUDGET: usize = 4 * 1024 * 1024;
+
 /// Limits a store enforces, set by the operator (see the relay's configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -500,8 +504,9 @@ pub trait Store: Send + Sync + 'static {
     /// others. Every stored envelope is published to [`Store::subscribe`] once committed.
     fn send(&self, message: OutgoingMessage, now_ms: u64) -> StoreFuture<'_, SendOutcome>;
 
-    /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit`,
-    /// whether more wait, and the device's `dropped` counter.
+    /// Envelopes of a device's mailbox with `seq > after`, ascending, at most `limit` and
+    /// at most [`FETCH_BYTE_BUDGET`] payload bytes (but at least one envelope), whether
+    /// more wait, and the device's `dropped` counter.
     fn fetch(&self, device_id: DeviceId, after: u64, limit: u32) -> StoreFuture<'_, MailboxPage>;
 
     /// Deletes a device's envelopes with `seq <= up_to`.

@@ -528,13 +528,22 @@ impl Store for SqliteStore {
 
     fn fetch(&self, device: DeviceId, after: u64, limit: u32) -> StoreFuture<'_, MailboxPage> {
         Box::pin(async move {
-            let rows: Vec<(i64, Vec<u8>, i64)> = sqlx::query_as(
-                "SELECT seq, payload, received_at FROM mailbox \
-                 WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            // Payloads only while the page stays within FETCH_BYTE_BUDGET (the first one
+            // always): lengths come from the rows, payloads are read for the page only.
+            let rows: Vec<(i64, Option<Vec<u8>>, i64)> = sqlx::query_as(
+                "WITH page AS ( \
+                   SELECT seq, SUM(len) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - len \
+                     AS before \
+                   FROM (SELECT seq, length(payload) AS len FROM mailbox \
+                         WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)) \
+                 SELECT m.seq, CASE WHEN page.before < ?4 THEN m.payload END, m.received_at \
+                 FROM page JOIN mailbox m ON m.device_id = ?1 AND m.seq = page.seq \
+                 ORDER BY m.seq",
             )
             .bind(device.as_bytes().as_slice())
             .bind(int(after))
             .bind(i64::from(limit) + 1)
+            .bind(int(super::FETCH_BYTE_BUDGET as u64))
             .fetch_all(self.pool())
             .await?;
             let dropped: Option<i64> =
@@ -544,18 +553,19 @@ impl Store for SqliteStore {
                     .await?;
             // Checked: a limit that does not fit a usize is no limit.
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let more = rows.len() > limit;
-            let envelopes = rows
-                .into_iter()
-                .take(limit)
-                .map(|(seq, payload, received_at)| {
-                    Ok(StoredEnvelope {
-                        seq: uint(seq, "seq")?,
-                        payload,
-                        received_at: uint(received_at, "received_at")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut more = rows.len() > limit;
+            let mut envelopes = Vec::with_capacity(rows.len().min(limit));
+            for (seq, payload, received_at) in rows.into_iter().take(limit) {
+                let Some(payload) = payload else {
+                    more = true;
+                    break;
+                };
+                envelopes.push(StoredEnvelope {
+                    seq: uint(seq, "seq")?,
+                    payload,
+                    received_at: uint(received_at, "received_at")?,
+                });
+            }
             Ok(MailboxPage {
                 envelopes,
                 more,

@@ -267,3 +267,77 @@ async fn socket_count_is_bounded_and_shutdown_closes_sockets() {
         other => panic!("expected 503 while shutting down, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn per_device_sockets_floods_and_acks_beyond_the_pushed_are_bounded() {
+    let relay = Relay::start().await;
+    let addr = relay.listen().await;
+    let alice = Device::join("alice", &relay).await;
+    let bob = Device::join("bob", &relay).await;
+    let (mut alice_group, _bob_group) = pair(&relay, &alice, &bob).await;
+
+    // At most four sockets per device; the fifth is 429 (others are unaffected).
+    let mut sockets = Vec::new();
+    for _ in 0..dm_server::push::MAX_SOCKETS_PER_DEVICE {
+        sockets.push(connect(&addr, Some(bob.token()), 0).await.expect("upgrade"));
+    }
+    match connect(&addr, Some(bob.token()), 0).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+    let mut alice_socket = connect(&addr, Some(alice.token()), 0)
+        .await
+        .expect("upgrade");
+    quiet(&mut alice_socket).await;
+    drop(sockets);
+
+    // An acknowledgement beyond what the socket pushed deletes only what it pushed.
+    let message = alice.message(&mut alice_group, b"one");
+    relay
+        .send(&alice, &send_request(message, None))
+        .await
+        .assert_ok();
+    let mut socket = connect(&addr, Some(bob.token()), 0).await.expect("upgrade");
+    let pushed = envelopes(&mut socket, 1).await;
+    let frame = serde_json::to_string(&ClientFrame::Ack { up_to: u64::MAX }).expect("json");
+    socket.send(Message::text(frame)).await.expect("send");
+    match next_frame(&mut socket).await.expect("socket open") {
+        ServerFrame::Acked { up_to } => assert_eq!(up_to, pushed[0].seq),
+        other => panic!("expected acked, got {other:?}"),
+    }
+    // Stored after the acknowledgement: it stays until acknowledged in turn.
+    let message = alice.message(&mut alice_group, b"two");
+    relay
+        .send(&alice, &send_request(message, None))
+        .await
+        .assert_ok();
+    let second = envelopes(&mut socket, 1).await;
+    let mailbox = relay.mailbox(&bob, 0).await;
+    assert_eq!(
+        mailbox.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [second[0].seq],
+    );
+
+    // A flood of frames closes the socket (1008).
+    for _ in 0..100 {
+        if socket
+            .send(Message::Ping(Default::default()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(CloseCode::Policy));
+}

@@ -6,9 +6,51 @@ use std::collections::BTreeSet;
 use dm_server::store::{StoreOptions, Wakeup};
 use dm_wire::api::MailboxResponse;
 
+use sha2::Digest as _;
+
 use super::*;
 
 conformance! {
+    /// A page holds at most FETCH_BYTE_BUDGET payload bytes (at least one envelope), and
+    /// says that more wait; paging on reads everything once.
+    async fn a_page_is_bounded_in_bytes(db: TestDb) {
+        let relay = db.relay().await;
+        let store = relay.store();
+        let alice = Device::join("alice", &relay).await;
+        let bob = Device::join("bob", &relay).await;
+        let group_id = group(store, alice.device_id, &[("bob", bob.device_id)]).await;
+        store.ack(bob.device_id, u64::MAX).await.unwrap();
+        let now_ms = now_secs() * 1000;
+        let big = dm_wire::api::limits::MAX_MESSAGE_BYTES;
+        let budget = dm_server::store::FETCH_BYTE_BUDGET;
+        // Six envelopes of 1 MiB: more than one page holds.
+        for i in 0..6u8 {
+            let mut m = message(alice.device_id, &group_id, ContentKind::Application, 1);
+            m.message = vec![i; big];
+            m.message_hash = sha2::Sha256::digest(&m.message).into();
+            store.send(m, now_ms).await.unwrap();
+        }
+        let first = store.fetch(bob.device_id, 0, 100).await.unwrap();
+        let bytes: usize = first.envelopes.iter().map(|e| e.payload.len()).sum();
+        assert!(bytes <= budget, "{bytes} > {budget}");
+        assert_eq!(first.envelopes.len(), budget / big);
+        assert!(first.more);
+        let last = first.envelopes.last().unwrap().seq;
+        let second = store.fetch(bob.device_id, last, 100).await.unwrap();
+        assert_eq!(second.envelopes.len(), 6 - budget / big);
+        assert!(!second.more);
+        let all: Vec<u8> = first
+            .envelopes
+            .iter()
+            .chain(&second.envelopes)
+            .map(|e| e.payload[0])
+            .collect();
+        assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+        // A count limit still applies, and a single envelope is never split or withheld.
+        let one = store.fetch(bob.device_id, 0, 1).await.unwrap();
+        assert_eq!((one.envelopes.len(), one.more), (1, true));
+    }
+
     /// A full mailbox refuses envelopes and counts them in `dropped`; the send goes on for
     /// the other recipients; acknowledging makes room again; `dropped` never decreases and
     /// reaches the client in the mailbox response.
