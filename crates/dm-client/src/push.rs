@@ -33,8 +33,11 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// The key package stock is checked at most this often while envelopes arrive (a Welcome
 /// consumes one).
 const STOCK_CHECK: Duration = Duration::from_secs(60);
-/// Largest frame accepted from the relay (a batch of envelopes, base64 in JSON).
-const MAX_SERVER_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame accepted from the relay (a batch of envelopes, base64 in JSON: the relay
+/// sends at most one envelope, of at most 1 MiB, above 64 KiB of payloads).
+const MAX_SERVER_FRAME: usize = 8 * 1024 * 1024;
+/// A socket silent this long (the relay pings every `PUSH_PING_SECS`) is taken as dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(3 * dm_wire::api::limits::PUSH_PING_SECS + 10);
 
 /// How events reach a [`Live`] feed right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,10 @@ pub struct Live {
     retry_delay: Duration,
     poll: tokio::time::Interval,
     stock_checked: Option<Instant>,
+    /// Set while a frame's envelopes are being processed: if the future is dropped then
+    /// (e.g. by a `select!`), the rest of the frame is lost with it, so the next call
+    /// reconnects from the stored cursor and the relay pushes them again.
+    mid_frame: bool,
 }
 
 impl std::fmt::Debug for Live {
@@ -76,6 +83,7 @@ impl Client {
             retry_delay: RETRY_FIRST,
             poll,
             stock_checked: None,
+            mid_frame: false,
         }
     }
 }
@@ -219,10 +227,22 @@ impl Live {
 
     /// Handles one frame from the socket (or its end).
     async fn on_socket(&mut self) -> Result<(), Error> {
+        if self.mid_frame {
+            // A previous call was dropped halfway through a frame.
+            self.mid_frame = false;
+            self.socket = None;
+            self.retry_at = Instant::now();
+            return Ok(());
+        }
         let Some(socket) = self.socket.as_mut() else {
             return Ok(());
         };
-        let frame = match socket.next().await {
+        let Ok(next) = tokio::time::timeout(SILENCE_LIMIT, socket.next()).await else {
+            tracing::debug!("push socket silent for too long; reconnecting");
+            self.back_off();
+            return Ok(());
+        };
+        let frame = match next {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(close))) => {
                 let session_ended = close.is_some_and(|c| u16::from(c.code) == 4001);
@@ -252,6 +272,7 @@ impl Live {
         };
         match frame {
             ServerFrame::Envelopes { envelopes, dropped } => {
+                self.mid_frame = true;
                 self.client
                     .blocking(move |store, _| {
                         store.transaction(|conn, _| db::note_dropped(conn, dropped))
@@ -268,6 +289,7 @@ impl Live {
                     }
                     result
                 };
+                self.mid_frame = false;
                 if let Err(e) = processed {
                     // Transient (the envelope stays unprocessed): the relay pushed past it,
                     // so reconnect from the cursor to get it again.
@@ -283,8 +305,12 @@ impl Live {
                 self.follow_device_lists().await?;
             }
             ServerFrame::Acked { up_to } => {
+                // Never beyond what was processed: a bogus value must not stop later acks.
                 self.client
-                    .blocking(move |store, _| db::set_acked(store.conn(), up_to))
+                    .blocking(move |store, _| {
+                        let cursor = db::relay(store.conn())?.cursor;
+                        db::set_acked(store.conn(), up_to.min(cursor))
+                    })
                     .await?;
             }
             ServerFrame::Error { error } => {

@@ -309,3 +309,42 @@ async fn a_conversation_starts_on_the_last_resort_package_when_claims_are_limite
     assert_eq!(texts(&alice.sync().await.unwrap()), ["@bob: back to alice"]);
     assert_eq!(texts(&carol.sync().await.unwrap()), ["@bob: back to carol"]);
 }
+
+/// A live feed whose future is dropped again and again (as `select!` in a chat does when a
+/// line is typed), even halfway through a frame of envelopes, still delivers every message
+/// exactly once.
+#[tokio::test]
+async fn a_live_feed_cancelled_mid_frame_loses_nothing() {
+    use std::time::{Duration, Instant};
+
+    let relay = start_relay().await;
+    let root = TempDir::new().unwrap();
+    let (alice, _) = account(&relay, root.path(), "alice").await;
+    let (bob, _) = account(&relay, root.path(), "bob").await;
+    let sent: Vec<String> = (0..30).map(|i| format!("@alice: message {i}")).collect();
+    for text in &sent {
+        alice
+            .send(&handle("bob"), text.trim_start_matches("@alice: "))
+            .await
+            .unwrap();
+    }
+    let mut live = bob.live();
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut cancelled = 0;
+    while got.len() < sent.len() {
+        assert!(Instant::now() < deadline, "got only {got:?}");
+        // Short, varying patience: calls are dropped at every stage, some mid-frame.
+        let patience = Duration::from_millis(5 + (cancelled * 7) % 80);
+        match tokio::time::timeout(patience, live.next_events()).await {
+            Ok(batch) => {
+                let batch = batch.unwrap();
+                got.extend(texts(&batch.events));
+                bob.acknowledge_events(&batch).await.unwrap();
+            }
+            Err(_) => cancelled += 1,
+        }
+    }
+    assert!(cancelled > 0, "the feed was cancelled at least once");
+    assert_eq!(got, sent);
+}
