@@ -102,6 +102,11 @@ fn message_framing() {
     run_file("message-framing");
 }
 
+#[test]
+fn safety_number() {
+    run_file("safety-number");
+}
+
 /// Every category has a file test above and a file in the directory, and the directory
 /// holds nothing else.
 #[test]
@@ -115,6 +120,7 @@ fn every_category_is_tested_and_published() {
         "account-key",
         "local-store-key",
         "message-framing",
+        "safety-number",
     ];
     let names: Vec<&str> = categories().iter().map(|c| c.name).collect();
     assert_eq!(names, tested, "add a #[test] for the new category");

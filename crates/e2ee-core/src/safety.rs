@@ -16,7 +16,8 @@
 //! The two accounts are ordered by `(h, k)` bytewise ascending; the safety number is
 //! `digits(part(first)) || digits(part(second))`: 60 decimal digits, shown as twelve groups
 //! of five. Both sides compute the same number; it changes when either account key changes.
-//! The QR payload is `dm-safety:1:` followed by the 60 digits.
+//! The QR payload is `dm-safety:1:` followed by the 60 digits; [`SafetyNumber::parse_qr`]
+//! reads it back (strictly: no spaces, no other prefix or version).
 //!
 //! # Group code (version 1)
 //!
@@ -88,6 +89,72 @@ impl SafetyNumber {
     /// The payload to encode in a QR code: `dm-safety:1:` and the 60 digits.
     pub fn qr_payload(&self) -> String {
         format!("{QR_PREFIX}{}", self.digits)
+    }
+
+    /// Reads a scanned QR payload ([`SafetyNumber::qr_payload`]): exactly `dm-safety:1:`
+    /// followed by 60 ASCII digits, nothing else (the payload is written by a program, so no
+    /// spaces, case changes or surrounding text are accepted). Compare the result with the
+    /// locally derived number.
+    ///
+    /// Errors, checked in this order: [`SafetyQrError::WrongPrefix`] if the payload does not
+    /// start with `dm-safety:`, [`SafetyQrError::UnsupportedVersion`] if the version field
+    /// (up to the next `:`) is not `1`, [`SafetyQrError::InvalidCharacter`] for the first
+    /// character after `dm-safety:1:` that is not an ASCII digit, and
+    /// [`SafetyQrError::WrongLength`] if there are not 60 digits.
+    pub fn parse_qr(payload: &str) -> Result<Self, SafetyQrError> {
+        let rest = payload
+            .strip_prefix(QR_SCHEME)
+            .ok_or(SafetyQrError::WrongPrefix)?;
+        let (version, digits) = rest
+            .split_once(':')
+            .ok_or(SafetyQrError::UnsupportedVersion)?;
+        if version != "1" {
+            return Err(SafetyQrError::UnsupportedVersion);
+        }
+        if let Some(c) = digits.chars().find(|c| !c.is_ascii_digit()) {
+            return Err(SafetyQrError::InvalidCharacter(c));
+        }
+        if digits.len() != SAFETY_NUMBER_DIGITS {
+            return Err(SafetyQrError::WrongLength(digits.len()));
+        }
+        Ok(Self {
+            digits: digits.to_owned(),
+        })
+    }
+}
+
+/// Digits of a safety number.
+const SAFETY_NUMBER_DIGITS: usize = 60;
+/// The QR payload's prefix before the version field.
+const QR_SCHEME: &str = "dm-safety:";
+
+/// Why a safety number's QR payload was rejected ([`SafetyNumber::parse_qr`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SafetyQrError {
+    /// The payload does not start with `dm-safety:` (not a safety number).
+    #[error("not a safety number QR code (it does not start with \"dm-safety:\")")]
+    WrongPrefix,
+    /// The version field is not `1` (or is missing).
+    #[error("unsupported safety number version (this client reads version 1)")]
+    UnsupportedVersion,
+    /// A character other than an ASCII digit after the prefix.
+    #[error("invalid character {0:?} in the safety number")]
+    InvalidCharacter(char),
+    /// Too many or too few digits.
+    #[error("a safety number has {SAFETY_NUMBER_DIGITS} digits, this one has {0}")]
+    WrongLength(usize),
+}
+
+impl SafetyQrError {
+    /// Stable code of the error, as named by the published test vectors
+    /// (`tests/vectors/safety-number.json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SafetyQrError::WrongPrefix => "wrong_prefix",
+            SafetyQrError::UnsupportedVersion => "unsupported_version",
+            SafetyQrError::InvalidCharacter(_) => "invalid_character",
+            SafetyQrError::WrongLength(_) => "wrong_length",
+        }
     }
 }
 
@@ -185,6 +252,47 @@ mod tests {
         assert_eq!(
             SafetyNumber::derive(&bob, &kb, &alice, &ka).digits(),
             expected
+        );
+    }
+
+    #[test]
+    fn qr_payload_round_trips_and_bad_payloads_are_refused() {
+        let n = SafetyNumber::derive(
+            &h("alice"),
+            &AccountKey([1; 32]),
+            &h("bob"),
+            &AccountKey([2; 32]),
+        );
+        assert_eq!(SafetyNumber::parse_qr(&n.qr_payload()), Ok(n.clone()));
+        let digits = n.digits();
+        let code = |p: &str| SafetyNumber::parse_qr(p).unwrap_err().code();
+        assert_eq!(code(&format!("dm-link:1:{digits}")), "wrong_prefix");
+        assert_eq!(code(&format!("DM-SAFETY:1:{digits}")), "wrong_prefix");
+        assert_eq!(code(&format!(" dm-safety:1:{digits}")), "wrong_prefix");
+        assert_eq!(code(""), "wrong_prefix");
+        assert_eq!(
+            code(&format!("dm-safety:2:{digits}")),
+            "unsupported_version"
+        );
+        assert_eq!(code(&format!("dm-safety:{digits}")), "unsupported_version");
+        assert_eq!(
+            code(&format!("dm-safety:1:{}", &digits[..59])),
+            "wrong_length"
+        );
+        assert_eq!(code(&format!("dm-safety:1:{digits}0")), "wrong_length");
+        assert_eq!(code("dm-safety:1:"), "wrong_length");
+        assert_eq!(
+            code(&format!("dm-safety:1:{}", n.display())),
+            "invalid_character"
+        );
+        assert_eq!(
+            SafetyNumber::parse_qr(&format!("dm-safety:1:{}a", &digits[..59])),
+            Err(SafetyQrError::InvalidCharacter('a'))
+        );
+        // Not ASCII digits, though Unicode calls them digits.
+        assert_eq!(
+            code(&format!("dm-safety:1:{}\u{0663}", &digits[..59])),
+            "invalid_character"
         );
     }
 

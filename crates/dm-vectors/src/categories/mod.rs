@@ -10,9 +10,7 @@
 //! | `account-key.json` | §1, §5 | fingerprint and recovery code |
 //! | `local-store-key.json` | §6 | `store.json`, Argon2id, the SQLCipher key statement |
 //! | `message-framing.json` | §2.1 | how MLS messages travel in the relay's JSON bodies |
-//!
-//! The safety number (PROTOCOL.md §1.5 once it exists) gets its own module here when it is
-//! defined.
+//! | `safety-number.json` | §9 | fingerprint, safety number and its QR payload, group code |
 
 mod account_key;
 mod content;
@@ -22,6 +20,7 @@ mod device_list;
 mod local_store_key;
 mod message_framing;
 mod request_auth;
+mod safety_number;
 
 use ed25519_dalek::SigningKey;
 
@@ -29,7 +28,7 @@ use crate::{Category, Rejection};
 
 /// Every category, in the order the files are generated and reported.
 pub fn categories() -> &'static [Category] {
-    static ALL: [Category; 8] = [
+    static ALL: [Category; 9] = [
         device_certificate::CATEGORY,
         device_list::CATEGORY,
         credential_identity::CATEGORY,
@@ -38,6 +37,7 @@ pub fn categories() -> &'static [Category] {
         account_key::CATEGORY,
         local_store_key::CATEGORY,
         message_framing::CATEGORY,
+        safety_number::CATEGORY,
     ];
     &ALL
 }
