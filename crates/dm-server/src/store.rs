@@ -304,6 +304,39 @@ pub struct MailboxPage {
     pub dropped: u64,
 }
 
+impl MailboxPage {
+    /// A page from the rows of a fetch query: `(seq, payload, received_at)` in `seq` order,
+    /// at most `limit + 1` of them, the payload `None` where the byte budget ran out. More
+    /// wait if there was a row beyond `limit` or one beyond the budget.
+    pub(crate) fn from_rows(
+        rows: Vec<(i64, Option<Vec<u8>>, i64)>,
+        limit: u32,
+        dropped: i64,
+    ) -> Result<Self, StoreError> {
+        let count = |v: i64, what| u64::try_from(v).map_err(|_| StoreError::Corrupt(what));
+        // Checked: a limit that does not fit a usize is no limit.
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut more = rows.len() > limit;
+        let mut envelopes = Vec::with_capacity(rows.len().min(limit));
+        for (seq, payload, received_at) in rows.into_iter().take(limit) {
+            let Some(payload) = payload else {
+                more = true;
+                break;
+            };
+            envelopes.push(StoredEnvelope {
+                seq: count(seq, "seq")?,
+                payload,
+                received_at: count(received_at, "received_at")?,
+            });
+        }
+        Ok(Self {
+            envelopes,
+            more,
+            dropped: count(dropped, "dropped")?,
+        })
+    }
+}
+
 /// How many rows a sweep deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepStats {

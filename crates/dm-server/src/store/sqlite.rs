@@ -32,8 +32,7 @@ use super::convert::{device_id, handle, int, key32, retry_after, uint};
 use super::{
     Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, LinkSlotContent,
     MailboxPage, NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store,
-    StoreError, StoreFuture, StoreOptions, StoreStats, StoredEnvelope, SweepStats, Wakeup,
-    retention,
+    StoreError, StoreFuture, StoreOptions, StoreStats, SweepStats, Wakeup, retention,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -551,26 +550,7 @@ impl Store for SqliteStore {
                     .bind(device.as_bytes().as_slice())
                     .fetch_optional(self.pool())
                     .await?;
-            // Checked: a limit that does not fit a usize is no limit.
-            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let mut more = rows.len() > limit;
-            let mut envelopes = Vec::with_capacity(rows.len().min(limit));
-            for (seq, payload, received_at) in rows.into_iter().take(limit) {
-                let Some(payload) = payload else {
-                    more = true;
-                    break;
-                };
-                envelopes.push(StoredEnvelope {
-                    seq: uint(seq, "seq")?,
-                    payload,
-                    received_at: uint(received_at, "received_at")?,
-                });
-            }
-            Ok(MailboxPage {
-                envelopes,
-                more,
-                dropped: uint(dropped.unwrap_or(0), "dropped")?,
-            })
+            MailboxPage::from_rows(rows, limit, dropped.unwrap_or(0))
         })
     }
 
