@@ -428,6 +428,50 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A running `dm chat` (its stdin, and its stdout line by line).
+pub struct Chat {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Chat {
+    /// Types a line.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("chat still open");
+        writeln!(stdin, "{line}").expect("chat stdin");
+        stdin.flush().expect("chat stdin");
+    }
+
+    /// Waits until the chat prints a line containing `needle`; false if it did not within
+    /// `within`.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Types `/quit`, closes stdin and waits for the chat to end.
+    pub fn quit(mut self) -> std::process::ExitStatus {
+        self.say("/quit");
+        drop(self.stdin.take());
+        self.child.wait().expect("chat exits")
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A `dm` user: one home directory (one device).
 pub struct User {
     /// The handle, without `@`.
@@ -437,6 +481,33 @@ pub struct User {
 }
 
 impl User {
+    /// Starts `dm chat PEER` for this user.
+    pub fn chat(&self, peer: &str) -> Chat {
+        let mut child = Command::new(binary("dm"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["chat", peer])
+            .env("DM_PASSPHRASE", PASSPHRASE)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dm chat");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Chat {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
     /// A user whose home is `base/handle` (not yet initialised).
     pub fn new(base: &Path, handle: &str) -> User {
         User {

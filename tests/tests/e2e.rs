@@ -404,34 +404,10 @@ fn garbage_and_duplicate_envelopes_do_not_break_the_conversation() {
 /// `dm chat`: lines typed are sent, and the peer's messages appear while the chat runs.
 #[test]
 fn chat_sends_typed_lines_and_shows_incoming_messages() {
-    use std::io::{BufRead as _, Write as _};
-    use std::process::{Command, Stdio};
-
     let (_tmp, _relay, alice, bob) = two_users();
 
-    let mut chat = Command::new(dm_tests::binary("dm"))
-        .arg("--home")
-        .arg(&alice.home)
-        .args(["chat", "@bob"])
-        .env("DM_PASSPHRASE", dm_tests::PASSPHRASE)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = chat.stdin.take().unwrap();
-    let stdout = chat.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    writeln!(stdin, "typed in the chat").unwrap();
-    stdin.flush().unwrap();
+    let mut chat = alice.chat("@bob");
+    chat.say("typed in the chat");
 
     // Bob receives the typed line (the chat sends it while it keeps running).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -444,16 +420,11 @@ fn chat_sends_typed_lines_and_shows_incoming_messages() {
 
     // Bob answers; the running chat shows it without any command from alice.
     bob.ok(&["send", "alice", "answer while chatting"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut seen = false;
-    while !seen && std::time::Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            seen = line.contains("@bob: answer while chatting");
-        }
-    }
-    writeln!(stdin, "/quit").unwrap();
-    drop(stdin);
-    let status = chat.wait().unwrap();
+    let seen = chat.wait_for(
+        "@bob: answer while chatting",
+        std::time::Duration::from_secs(20),
+    );
+    let status = chat.quit();
     assert!(seen, "the chat showed bob's answer");
     assert!(status.success());
     // The chat consumed the message: it is stored, not shown again by `dm inbox`.

@@ -2,9 +2,7 @@
 //! through instance A is pushed to a device connected to instance B, and two commits for
 //! the same epoch racing through A and B are ordered: exactly one wins.
 
-use std::io::{BufRead as _, Write as _};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dm_tests::{Engine, PgDatabase, Relay, User};
@@ -34,19 +32,6 @@ fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits for a line containing `needle` from the chat's stdout.
-fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
-}
-
 #[test]
 fn a_message_through_one_instance_is_pushed_by_the_other() {
     if !postgres_or_skip() {
@@ -64,32 +49,8 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
     assert_eq!(texts_from(&bob.messages(), "alice"), ["first"]);
 
     // Bob chats through B (push socket); alice sends through A.
-    let mut chat = Command::new(dm_tests::binary("dm"))
-        .arg("--home")
-        .arg(&bob.home)
-        .args(["chat", "@alice"])
-        .env("DM_PASSPHRASE", dm_tests::PASSPHRASE)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = chat.stdin.take().unwrap();
-    let stdout = chat.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    assert!(wait_for_line(
-        &lines,
-        "Chatting with",
-        Duration::from_secs(30)
-    ));
+    let chat = bob.chat("@alice");
+    assert!(chat.wait_for("Chatting with", Duration::from_secs(30)));
     // The socket is open at B when B logs the upgrade.
     let deadline = Instant::now() + Duration::from_secs(30);
     while b.log_lines_with(&["route=/v1/ws", "status=101"]) == 0 {
@@ -109,7 +70,7 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
         // may well be on bob's screen already.
         let sent = Instant::now();
         assert!(
-            wait_for_line(&lines, &text, Duration::from_secs(10)),
+            chat.wait_for(&text, Duration::from_secs(10)),
             "bob's chat (on B) did not show {text:?}"
         );
         latencies.push(sent.elapsed());
@@ -126,9 +87,7 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
         fetches_before,
         "bob's chat did not fetch: the messages were pushed"
     );
-    writeln!(stdin, "/quit").unwrap();
-    drop(stdin);
-    assert!(chat.wait().unwrap().success());
+    assert!(chat.quit().success());
     // The count above sees fetches: `dm inbox` through B is one.
     bob.messages();
     assert!(b.log_lines_with(&["route=/v1/mailbox", "method=GET"]) > fetches_before);
