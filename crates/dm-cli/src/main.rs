@@ -4,6 +4,24 @@
 //! call the library, print. Errors say what went wrong and what to do next.
 #![forbid(unsafe_code)]
 
+/// `println!` without the panic on a closed standard output (see
+/// [`output::write_stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` without the panic on a closed standard output.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
 mod cli;
 mod commands;
 mod output;

@@ -153,3 +153,22 @@ fn vectors_verify_passes_and_catches_a_flipped_byte() {
         "{stdout}"
     );
 }
+
+/// Output into a pipe whose reader is gone (`dm … | head -1`) ends the command quietly
+/// (status 141, as after SIGPIPE), never with a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dm"))
+        .args(["vectors", "verify"])
+        .arg(&vectors)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}

@@ -9,7 +9,7 @@ use crate::output;
 
 pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
     let peer = super::parse_handle(handle)?;
-    println!("Chatting with {peer}. Type a message and press Enter; /quit or Ctrl-D ends.");
+    outln!("Chatting with {peer}. Type a message and press Enter; /quit or Ctrl-D ends.");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut live = client.live();
     loop {
@@ -35,7 +35,7 @@ pub async fn run(client: &Client, handle: &str) -> anyhow::Result<()> {
                         // (each line names its sender): `dm inbox` shows only what is new.
                         for event in &batch.events {
                             if let Some(line) = output::event_text(event) {
-                                println!("{line}");
+                                outln!("{line}");
                             }
                         }
                         std::io::Write::flush(&mut std::io::stdout())?;

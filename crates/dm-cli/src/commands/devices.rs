@@ -15,8 +15,8 @@ pub async fn run(home: &Path, command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Approve { code, yes, timeout } => {
             let client = super::open(home).await?;
             let approval = client.inspect_link(&code).await?;
-            println!("New device {}", approval.device_id);
-            println!("fingerprint: {}", approval.fingerprint);
+            outln!("New device {}", approval.device_id);
+            outln!("fingerprint: {}", approval.fingerprint);
             if !yes && !confirm("Is this the fingerprint the new device shows? Approve it? [y/N] ")?
             {
                 anyhow::bail!("not approved; nothing was changed");
@@ -24,14 +24,14 @@ pub async fn run(home: &Path, command: DeviceCommand) -> anyhow::Result<()> {
             let id = client
                 .approve_link(&code, Duration::from_secs(timeout))
                 .await?;
-            println!("Approved device {id}; it is now in all your conversations.");
+            outln!("Approved device {id}; it is now in all your conversations.");
             Ok(())
         }
         DeviceCommand::List => {
             let client = super::open(home).await?;
             for d in client.devices().await? {
                 let seen = d.last_seen.map_or_else(|| "never".to_owned(), output::utc);
-                println!(
+                outln!(
                     "{}{}  fingerprint {}  added {}  last active {}",
                     d.id,
                     if d.this_device { " (this device)" } else { "" },
@@ -48,7 +48,7 @@ pub async fn run(home: &Path, command: DeviceCommand) -> anyhow::Result<()> {
                 anyhow::anyhow!("'{id}' is not a device id ({e}); see `dm device list`")
             })?;
             client.revoke_device(id).await?;
-            println!(
+            outln!(
                 "Revoked device {id}: it was removed from your device list and from your conversations."
             );
             Ok(())
@@ -63,14 +63,14 @@ async fn link(home: &Path, server: &str, timeout: u64) -> anyhow::Result<()> {
     let mut passphrase = passphrase::new()?;
     let server = super::init::normalise_server(server)?;
     let pending = PendingDeviceLink::start(&server).await?;
-    println!("Link code: {}", pending.code());
-    println!("QR payload: {}", pending.qr_payload());
-    println!("This device's fingerprint: {}", pending.fingerprint());
-    println!(
+    outln!("Link code: {}", pending.code());
+    outln!("QR payload: {}", pending.qr_payload());
+    outln!("This device's fingerprint: {}", pending.fingerprint());
+    outln!(
         "On a device of your account, run: dm device approve {}",
         pending.code()
     );
-    println!("Waiting for the approval…");
+    outln!("Waiting for the approval…");
     std::io::stdout().flush()?;
     let client = pending
         .wait(
@@ -80,9 +80,10 @@ async fn link(home: &Path, server: &str, timeout: u64) -> anyhow::Result<()> {
         )
         .await?;
     let me = client.whoami().await?;
-    println!(
+    outln!(
         "Linked: this device ({}) now belongs to {}.",
-        me.device_id, me.handle
+        me.device_id,
+        me.handle
     );
     Ok(())
 }
@@ -91,7 +92,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("no terminal to confirm on: compare the fingerprint, then pass --yes");
     }
-    print!("{question}");
+    out!("{question}");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

@@ -14,8 +14,8 @@ pub async fn run(client: &Client, command: GroupCommand) -> anyhow::Result<()> {
                 .map(|h| super::parse_handle(h))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let id = client.create_group(&name, &members).await?;
-            println!("Created group {} ({id}).", output::printable(&name));
-            println!("{id}");
+            outln!("Created group {} ({id}).", output::printable(&name));
+            outln!("{id}");
         }
         GroupCommand::Add { id, handles } => {
             let group = group(client, &id).await?;
@@ -24,18 +24,18 @@ pub async fn run(client: &Client, command: GroupCommand) -> anyhow::Result<()> {
                 .map(|h| super::parse_handle(h))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             client.add_to_group(&group, &members).await?;
-            println!("Added {} to {group}.", handles.join(", "));
+            outln!("Added {} to {group}.", handles.join(", "));
         }
         GroupCommand::Remove { id, handle } => {
             let group = group(client, &id).await?;
             let member = super::parse_handle(&handle)?;
             client.remove_from_group(&group, &member).await?;
-            println!("Removed {member} from {group}.");
+            outln!("Removed {member} from {group}.");
         }
         GroupCommand::Leave { id } => {
             let group = group(client, &id).await?;
             client.leave_group(&group).await?;
-            println!("Leaving {group}: the other members remove you when they next sync.");
+            outln!("Leaving {group}: the other members remove you when they next sync.");
         }
     }
     Ok(())
@@ -52,11 +52,11 @@ pub async fn group(client: &Client, input: &str) -> anyhow::Result<GroupId> {
 pub async fn conversations(client: &Client, as_json: bool) -> anyhow::Result<()> {
     let list = client.conversations().await?;
     if list.is_empty() && !as_json {
-        println!("No conversations yet.");
+        outln!("No conversations yet.");
     }
     for c in list {
         if as_json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "id": c.id.to_hex(),
@@ -96,7 +96,7 @@ pub async fn conversations(client: &Client, as_json: bool) -> anyhow::Result<()>
             } else {
                 c.state.clone()
             };
-            println!("{}  {title}  [{state}]  {members}", c.id);
+            outln!("{}  {title}  [{state}]  {members}", c.id);
         }
     }
     Ok(())
@@ -111,9 +111,9 @@ pub async fn verify(
     if let Some(id) = group_id {
         let g = group(client, &id).await?;
         let (epoch, code) = client.group_code(&g).await?;
-        println!("Group {g}, epoch {epoch}");
-        println!("group code: {code}");
-        println!(
+        outln!("Group {g}, epoch {epoch}");
+        outln!("group code: {code}");
+        outln!(
             "Every member in this epoch sees the same code; a different code means your views of the group differ."
         );
         return Ok(());
@@ -128,14 +128,14 @@ pub async fn verify(
         client.verification(&peer).await?
     };
     if v.key_changed {
-        println!(
+        outln!(
             "!!! The account key of {peer} CHANGED since you first saw it. Compare the new safety number before trusting it."
         );
     }
-    println!("Safety number with {peer}:");
-    println!("    {}", v.safety_number);
-    println!("QR payload: {}", v.qr_payload);
-    println!("{peer}'s key fingerprint: {}", v.fingerprint);
+    outln!("Safety number with {peer}:");
+    outln!("    {}", v.safety_number);
+    outln!("QR payload: {}", v.qr_payload);
+    outln!("{peer}'s key fingerprint: {}", v.fingerprint);
     let state = if v.verified {
         "verified"
     } else if v.blocked {
@@ -143,9 +143,9 @@ pub async fn verify(
     } else {
         "not verified (compare the number in person, then run with --confirm)"
     };
-    println!("status: {state}");
+    outln!("status: {state}");
     if confirm {
-        println!("Marked {peer} as verified.");
+        outln!("Marked {peer} as verified.");
     }
     Ok(())
 }

@@ -9,16 +9,16 @@ pub async fn run(client: &Client, json: bool) -> anyhow::Result<()> {
     let mut shown = 0usize;
     for event in &batch.events {
         if json {
-            println!("{}", output::event_json(event));
+            outln!("{}", output::event_json(event));
         } else if let Some(line) = output::event_text(event) {
-            println!("{line}");
+            outln!("{line}");
         }
         if matches!(event, dm_client::Event::Message(_)) {
             shown += 1;
         }
     }
     if !json && shown == 0 {
-        println!("No new messages.");
+        outln!("No new messages.");
     }
     // Only what reached stdout is forgotten: if `dm` dies before this point, the next
     // `dm inbox` shows the same events again rather than never.

@@ -26,12 +26,12 @@ pub async fn run(home: &Path, server: &str, handle: &str, recover: bool) -> anyh
         )
         .await?;
         let me = client.whoami().await?;
-        println!("Recovered {} on {}", me.handle, me.server);
-        println!("device:      {}", me.device_id);
-        println!("fingerprint: {}", me.fingerprint);
-        println!();
-        println!("Your contacts add this device to your conversations when they next sync.");
-        println!("Revoke lost devices with `dm device revoke ID` (see `dm device list`).");
+        outln!("Recovered {} on {}", me.handle, me.server);
+        outln!("device:      {}", me.device_id);
+        outln!("fingerprint: {}", me.fingerprint);
+        outln!();
+        outln!("Your contacts add this device to your conversations when they next sync.");
+        outln!("Revoke lost devices with `dm device revoke ID` (see `dm device list`).");
         return Ok(());
     }
     let mut passphrase = passphrase::new()?;
@@ -44,16 +44,16 @@ pub async fn run(home: &Path, server: &str, handle: &str, recover: bool) -> anyh
     })
     .await?;
     let me = client.whoami().await?;
-    println!("Created {} on {}", me.handle, me.server);
-    println!("device:      {}", me.device_id);
-    println!("fingerprint: {}", me.fingerprint);
-    println!();
-    println!("Recovery code (shown once; write it down and keep it offline):");
-    println!();
-    println!("    {recovery}");
-    println!();
-    println!("Anyone with this code can take over your account. It is the only way back");
-    println!("into your account if you lose every device: there is no phone number or e-mail.");
+    outln!("Created {} on {}", me.handle, me.server);
+    outln!("device:      {}", me.device_id);
+    outln!("fingerprint: {}", me.fingerprint);
+    outln!();
+    outln!("Recovery code (shown once; write it down and keep it offline):");
+    outln!();
+    outln!("    {recovery}");
+    outln!();
+    outln!("Anyone with this code can take over your account. It is the only way back");
+    outln!("into your account if you lose every device: there is no phone number or e-mail.");
     Ok(())
 }
 
@@ -66,7 +66,7 @@ fn recovery_code() -> anyhow::Result<dm_client::RecoveryCode> {
             if !std::io::stdin().is_terminal() {
                 anyhow::bail!("no recovery code: set DM_RECOVERY_CODE or run `dm` in a terminal");
             }
-            print!("Recovery code: ");
+            out!("Recovery code: ");
             std::io::stdout().flush()?;
             let mut line = zeroize::Zeroizing::new(String::new());
             std::io::stdin().lock().read_line(&mut line)?;

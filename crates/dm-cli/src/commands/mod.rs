@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rejoin => {
             let client = open(&home).await?;
             let id = client.rejoin().await?;
-            println!(
+            outln!(
                 "This device rejoins as {id}: the other members add it back when they next sync."
             );
             Ok(())
@@ -57,7 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let client = open(&home).await?;
             client.delete_account().await?;
-            println!("Deleted the account at the relay. The handle is free again.");
+            outln!("Deleted the account at the relay. The handle is free again.");
             Ok(())
         }
         Command::Send { handle, text } => send::run(&open(&home).await?, &handle, &text).await,
@@ -68,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = open(&home).await?;
             let peer = parse_handle(&handle)?;
             client.rotate_keys(&peer).await?;
-            println!("Rotated this device's keys in the conversation with {peer}.");
+            outln!("Rotated this device's keys in the conversation with {peer}.");
             Ok(())
         }
         Command::Vectors(command) => vectors::run(command),

@@ -11,8 +11,8 @@ pub async fn run(client: &Client, handle: &str, text: &str) -> anyhow::Result<()
     }
     let sent = client.send_to(&to, text).await?;
     match to {
-        dm_client::Target::Handle(h) => println!("Sent to {h} (id {}).", sent.id),
-        dm_client::Target::Conversation(g) => println!("Sent to {g} (id {}).", sent.id),
+        dm_client::Target::Handle(h) => outln!("Sent to {h} (id {}).", sent.id),
+        dm_client::Target::Conversation(g) => outln!("Sent to {g} (id {}).", sent.id),
     }
     Ok(())
 }

@@ -16,17 +16,17 @@ pub fn run(command: VectorsCommand) -> anyhow::Result<()> {
                 )
             })?;
             for file in &report.files {
-                println!(
+                outln!(
                     "{}: {} passed, {} failed",
                     file.path.display(),
                     file.passed(),
                     file.failed()
                 );
                 if let Some(e) = &file.file_error {
-                    println!("  FAILED (file): {e}");
+                    outln!("  FAILED (file): {e}");
                 }
                 for case in file.results.iter().filter(|r| r.failure.is_some()) {
-                    println!(
+                    outln!(
                         "  FAILED {} {}: {}",
                         case.kind,
                         case.name,
@@ -35,9 +35,9 @@ pub fn run(command: VectorsCommand) -> anyhow::Result<()> {
                 }
             }
             for missing in &report.missing {
-                println!("MISSING {missing}.json");
+                outln!("MISSING {missing}.json");
             }
-            println!("{} passed, {} failed", report.passed(), report.failed());
+            outln!("{} passed, {} failed", report.passed(), report.failed());
             if report.ok() {
                 Ok(())
             } else {
@@ -51,7 +51,7 @@ pub fn run(command: VectorsCommand) -> anyhow::Result<()> {
                     Written::Unchanged => "unchanged",
                     Written::Replaced => "replaced",
                 };
-                println!("{}: {what}", path.display());
+                outln!("{}: {what}", path.display());
             }
             Ok(())
         }
