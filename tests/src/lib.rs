@@ -411,6 +411,42 @@ fn rand_u64() -> u64 {
     hasher.finish()
 }
 
+/// Whether the PostgreSQL tests can run. Without a reachable server they are skipped with
+/// a printed notice, except under `CI` (set), where this fails the test.
+pub fn postgres_or_skip() -> bool {
+    if PgDatabase::available() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "PostgreSQL is not reachable at {} and CI is set: the PostgreSQL tests must run",
+        PgDatabase::admin_url()
+    );
+    eprintln!(
+        "skipped: PostgreSQL is not reachable at {} (set DM_TEST_POSTGRES_URL)",
+        PgDatabase::admin_url()
+    );
+    false
+}
+
+/// Users with the given handles, each with its home below `base`, registered at `url`.
+pub fn users(base: &Path, url: &str, handles: &[&str]) -> Vec<User> {
+    handles
+        .iter()
+        .map(|handle| {
+            let user = User::new(base, handle);
+            user.init(url);
+            user
+        })
+        .collect()
+}
+
+/// The strings, sorted.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
 /// Every regular file below `dir`.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -682,6 +718,16 @@ pub fn texts(messages: &[serde_json::Value]) -> Vec<String> {
         .iter()
         .filter(|m| m["type"] == "message")
         .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The texts of the messages from `from` (a handle without `@`) among `dm inbox --json`
+/// messages.
+pub fn texts_from(messages: &[serde_json::Value], from: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["from"] == from)
+        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dm_tests::raw::{RawDevice, RawError};
-use dm_tests::{Engine, PgDatabase, Relay};
+use dm_tests::{Engine, Relay};
 use sha2::{Digest as _, Sha256};
 
 const SENDERS: usize = 4;
@@ -23,16 +23,7 @@ async fn acknowledged_sends_survive_sigkill_exactly_once_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sends_survive_sigkill_exactly_once_on_postgres() {
-    if !PgDatabase::available() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "PostgreSQL is not reachable at {} and CI is set: the PostgreSQL crash test must run",
-            PgDatabase::admin_url()
-        );
-        eprintln!(
-            "skipped: PostgreSQL is not reachable at {} (set DM_TEST_POSTGRES_URL)",
-            PgDatabase::admin_url()
-        );
+    if !dm_tests::postgres_or_skip() {
         return;
     }
     crash_under_load(Engine::Postgres).await;

@@ -2,13 +2,8 @@
 //! `dm-server` and `dm` binaries on 127.0.0.1.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use dm_tests::{Relay, User, texts};
+use dm_tests::{Relay, User, sorted, texts, users};
 use serde_json::Value;
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
 
 /// Devices of `handle` in a conversation listed by `dm conversations --json`.
 fn devices_of(conversation: &Value, handle: &str) -> Vec<String> {
@@ -36,12 +31,10 @@ fn linked_device_gets_everything_after_linking_and_every_device_gets_each_messag
     let tmp = tempfile::tempdir().unwrap();
     let relay = Relay::start(&tmp.path().join("relay"));
     let url = relay.url();
-    let alice = User::new(tmp.path(), "alice");
-    let bob = User::new(tmp.path(), "bob");
-    let carol = User::new(tmp.path(), "carol");
-    for u in [&alice, &bob, &carol] {
-        u.init(&url);
-    }
+    let [alice, bob, carol] =
+        <[User; 3]>::try_from(users(tmp.path(), &url, &["alice", "bob", "carol"]))
+            .ok()
+            .unwrap();
     alice.ok(&["send", "@bob", "before linking"]);
     assert_eq!(texts(&bob.messages()), ["before linking"]);
 

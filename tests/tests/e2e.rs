@@ -1,7 +1,7 @@
 //! End-to-end: the real `dm-server` and `dm` binaries on 127.0.0.1.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use dm_tests::{RecordingProxy, Relay, User, files_under, scan_files};
+use dm_tests::{RecordingProxy, Relay, User, files_under, scan_files, texts_from};
 use serde_json::Value;
 
 /// A relay and two registered users, alice and bob, in a fresh temporary directory.
@@ -13,14 +13,6 @@ fn two_users() -> (tempfile::TempDir, Relay, User, User) {
     alice.init(&relay.url());
     bob.init(&relay.url());
     (tmp, relay, alice, bob)
-}
-
-fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m["from"] == from)
-        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
-        .collect()
 }
 
 /// Alice and Bob (no phone numbers, no e-mail: a handle and keys) exchange DMs both ways;

@@ -2,13 +2,8 @@
 //! rejoining after losing state) with the real `dm-server` and `dm` binaries.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use dm_tests::{Relay, User, texts};
+use dm_tests::{Relay, User, sorted, texts, users};
 use serde_json::Value;
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
 
 fn handles(conversation: &Value) -> Vec<String> {
     sorted(
@@ -26,17 +21,6 @@ fn group_of<'a>(convs: &'a [Value], id: &str) -> &'a Value {
         .iter()
         .find(|c| c["id"] == id)
         .unwrap_or_else(|| panic!("no conversation {id} in {convs:?}"))
-}
-
-fn users(tmp: &std::path::Path, url: &str, names: &[&str]) -> Vec<User> {
-    names
-        .iter()
-        .map(|n| {
-            let u = User::new(tmp, n);
-            u.init(url);
-            u
-        })
-        .collect()
 }
 
 /// The creator adds and removes members, any member may leave, a non-administrator cannot

@@ -5,36 +5,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dm_tests::{Engine, PgDatabase, Relay, User};
-use serde_json::Value;
-
-fn postgres_or_skip() -> bool {
-    if PgDatabase::available() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "PostgreSQL is not reachable at {} and CI is set: the multi-instance tests must run",
-        PgDatabase::admin_url()
-    );
-    eprintln!(
-        "skipped: PostgreSQL is not reachable at {} (set DM_TEST_POSTGRES_URL)",
-        PgDatabase::admin_url()
-    );
-    false
-}
-
-fn texts_from(messages: &[Value], from: &str) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m["from"] == from)
-        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
-        .collect()
-}
+use dm_tests::{Engine, Relay, User, texts_from};
 
 #[test]
 fn a_message_through_one_instance_is_pushed_by_the_other() {
-    if !postgres_or_skip() {
+    if !dm_tests::postgres_or_skip() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -95,7 +70,7 @@ fn a_message_through_one_instance_is_pushed_by_the_other() {
 
 #[test]
 fn commits_racing_through_two_instances_have_one_winner() {
-    if !postgres_or_skip() {
+    if !dm_tests::postgres_or_skip() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -68,7 +68,6 @@ pub struct Push {
     sockets: Mutex<HashMap<DeviceId, Vec<SocketEntry>>>,
     next_id: AtomicU64,
     open: AtomicUsize,
-    delivered: AtomicU64,
     dispatcher: OnceLock<()>,
 }
 
@@ -93,7 +92,6 @@ impl Push {
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
-            delivered: AtomicU64::new(0),
             dispatcher: OnceLock::new(),
         }
     }
@@ -101,11 +99,6 @@ impl Push {
     /// Sockets open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    /// Envelopes sent on push sockets since the relay started.
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Waits until every socket has closed, at most `grace`.
@@ -407,10 +400,7 @@ impl Connection {
         self.send_frame(&ServerFrame::Envelopes { envelopes, dropped })
             .await
             .map_err(|()| Stop::Gone)?;
-        self.state
-            .push()
-            .delivered
-            .fetch_add(count, Ordering::Relaxed);
+        self.state.metrics().envelopes_delivered(count);
         Ok(())
     }
 
