@@ -6,8 +6,6 @@
 //! (`target/<profile>/`).
 #![forbid(unsafe_code)]
 
-pub mod raw;
-
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

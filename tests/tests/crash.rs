@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dm_tests::raw::{RawDevice, RawError};
+use dm_loadgen::raw::{RawDevice, RawError};
 use dm_tests::{Engine, Relay};
 use sha2::{Digest as _, Sha256};
 
@@ -45,13 +45,16 @@ async fn crash_under_load(engine: Engine) {
     });
     let url = relay.url();
 
-    let mut bob = RawDevice::new("bob", &url);
-    bob.register(SENDERS + 2).await;
+    let mut bob = RawDevice::new("bob", &url).expect("bob");
+    bob.register(SENDERS + 2).await.expect("register bob");
     let mut senders = Vec::new();
     for i in 0..SENDERS {
-        let mut sender = RawDevice::new(&format!("sender{i}"), &url);
-        sender.register(1).await;
-        let conversation = sender.start_conversation(&bob.handle).await;
+        let mut sender = RawDevice::new(&format!("sender{i}"), &url).expect("sender");
+        sender.register(1).await.expect("register sender");
+        let conversation = sender
+            .start_conversation(&bob.handle)
+            .await
+            .expect("conversation");
         senders.push((sender, conversation));
     }
 
@@ -65,7 +68,9 @@ async fn crash_under_load(engine: Engine) {
             let mut retries = 0usize;
             let padding = "x".repeat(1000);
             for n in 0..PER_SENDER {
-                let request = sender.message(&mut conversation, &format!("{i}/{n} {padding}"));
+                let request = sender
+                    .message(&mut conversation, &format!("{i}/{n} {padding}"))
+                    .expect("encrypt");
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     match sender.send(&request).await {

@@ -49,7 +49,10 @@ const CLOSE_SESSION: u16 = 4001;
 const CLOSE_ERROR: u16 = 1011;
 /// Close code: the relay is shutting down.
 const CLOSE_GOING_AWAY: u16 = 1001;
-/// Frames a client may send per second (acks and pongs); beyond, the socket is closed.
+/// Frames a client may send per second beyond acks that acknowledge something new (pings,
+/// pongs, repeated acks); beyond, the socket is closed. Acks that advance are not counted:
+/// there can be no more of them than envelope frames the relay sent, and a busy client
+/// acknowledges each one.
 const MAX_CLIENT_FRAMES_PER_SEC: u32 = 20;
 /// Sockets one device may have open at once.
 pub const MAX_SOCKETS_PER_DEVICE: usize = 4;
@@ -312,19 +315,13 @@ impl Connection {
                 () = registration.notify.notified() => dirty = true,
                 message = self.ws.recv() => {
                     last_heard = Instant::now();
-                    if window.0.elapsed() >= Duration::from_secs(1) {
-                        window = (Instant::now(), 0);
-                    }
-                    window.1 += 1;
-                    if window.1 > MAX_CLIENT_FRAMES_PER_SEC {
-                        return Stop::Close(CLOSE_POLICY, "too many frames", None);
-                    }
-                    match message {
+                    let counted = match message {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Stop::Gone,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => true,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(stop) = self.client_frame(text.as_str()).await {
-                                return stop;
+                            match self.client_frame(text.as_str()).await {
+                                Ok(advanced) => !advanced,
+                                Err(stop) => return stop,
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
@@ -333,6 +330,15 @@ impl Connection {
                                 "binary frames are not part of the protocol",
                                 None,
                             );
+                        }
+                    };
+                    if counted {
+                        if window.0.elapsed() >= Duration::from_secs(1) {
+                            window = (Instant::now(), 0);
+                        }
+                        window.1 += 1;
+                        if window.1 > MAX_CLIENT_FRAMES_PER_SEC {
+                            return Stop::Close(CLOSE_POLICY, "too many frames", None);
                         }
                     }
                 }
@@ -404,7 +410,9 @@ impl Connection {
         Ok(())
     }
 
-    async fn client_frame(&mut self, text: &str) -> Result<(), Stop> {
+    /// Handles a text frame; `Ok(true)` when it acknowledged envelopes not acknowledged
+    /// before.
+    async fn client_frame(&mut self, text: &str) -> Result<bool, Stop> {
         let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
             return Err(Stop::Close(
                 CLOSE_POLICY,
@@ -422,7 +430,8 @@ impl Connection {
                 // Never beyond what this socket sent (or the client's own cursor), and
                 // never the same work twice.
                 let up_to = up_to.min(self.sent_up_to);
-                if up_to > self.acked_up_to {
+                let advanced = up_to > self.acked_up_to;
+                if advanced {
                     self.state
                         .store()
                         .ack(self.device, up_to)
@@ -432,7 +441,8 @@ impl Connection {
                 }
                 self.send_frame(&ServerFrame::Acked { up_to })
                     .await
-                    .map_err(|()| Stop::Gone)
+                    .map_err(|()| Stop::Gone)?;
+                Ok(advanced)
             }
         }
     }

@@ -341,3 +341,53 @@ async fn per_device_sockets_floods_and_acks_beyond_the_pushed_are_bounded() {
     .expect("closed in time");
     assert_eq!(closed, Some(CloseCode::Policy));
 }
+
+#[tokio::test]
+async fn a_busy_client_may_ack_every_envelope_but_not_repeat_acks() {
+    let relay = Relay::start().await;
+    let addr = relay.listen().await;
+    let alice = Device::join("alice", &relay).await;
+    let bob = Device::join("bob", &relay).await;
+    let (mut alice_group, _bob_group) = pair(&relay, &alice, &bob).await;
+    let mut socket = connect(&addr, Some(bob.token()), 0).await.expect("upgrade");
+    quiet(&mut socket).await;
+
+    const MESSAGES: usize = 40;
+    for i in 0..MESSAGES {
+        let message = alice.message(&mut alice_group, format!("{i}").as_bytes());
+        relay
+            .send(&alice, &send_request(message, None))
+            .await
+            .assert_ok();
+    }
+    let pushed = envelopes(&mut socket, MESSAGES).await;
+    // One ack per envelope, as fast as possible: twice the frame budget in well under a
+    // second. Each acknowledges something new, so none counts against the budget.
+    for envelope in &pushed {
+        ack(&mut socket, envelope.seq).await;
+    }
+    assert!(relay.mailbox(&bob, 0).await.envelopes.is_empty());
+
+    // Repeating an ack acknowledges nothing new: one more than the budget closes the
+    // socket (exactly that many, so the relay reads all before it closes).
+    let last = pushed[MESSAGES - 1].seq;
+    let frame = serde_json::to_string(&ClientFrame::Ack { up_to: last }).expect("json");
+    for _ in 0..21 {
+        socket
+            .send(Message::text(frame.clone()))
+            .await
+            .expect("send");
+    }
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(CloseCode::Policy));
+}

@@ -1,12 +1,14 @@
 //! A minimal client speaking the relay's HTTP API directly, built on e2ee-core with keys in
-//! memory: for load and crash tests that need thousands of real MLS messages and want to
-//! see the relay's envelopes themselves (no client-side deduplication in between).
+//! memory: for the load generator and for crash tests that need thousands of real MLS
+//! messages and want to see the relay's envelopes themselves (no client-side
+//! deduplication in between). Nothing is stored on disk.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dm_wire::api::{
-    ChallengeRequest, ChallengeResponse, ClaimResponse, MailboxResponse, RegisterRequest,
-    SendRequest, SendResponse, SessionRequest, SessionResponse, UploadKeyPackagesRequest,
+    AckRequest, ChallengeRequest, ChallengeResponse, ClaimResponse, MailboxResponse,
+    RegisterRequest, SendRequest, SendResponse, SessionRequest, SessionResponse,
+    UploadKeyPackagesRequest,
 };
 use dm_wire::cert::DeviceList;
 use dm_wire::{Handle, MessageId};
@@ -23,6 +25,24 @@ pub enum RawError {
     Transport(String),
     /// The relay answered with this status and body.
     Status(u16, String),
+    /// A local step failed (key generation, encryption, an unexpected answer).
+    Local(String),
+}
+
+impl std::fmt::Display for RawError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawError::Transport(e) => write!(f, "no answer from the relay: {e}"),
+            RawError::Status(status, body) => write!(f, "the relay answered {status}: {body}"),
+            RawError::Local(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RawError {}
+
+fn local(what: &str) -> impl FnOnce(e2ee_core::Error) -> RawError + '_ {
+    move |e| RawError::Local(format!("{what}: {e}"))
 }
 
 /// One device of one account, talking to a relay.
@@ -44,14 +64,28 @@ fn now_secs() -> u64 {
 }
 
 impl RawDevice {
-    /// A new account with one device (not registered yet).
-    pub fn new(handle: &str, base: &str) -> RawDevice {
+    /// A new account with one device (not registered yet), with its own HTTP client.
+    pub fn new(handle: &str, base: &str) -> Result<RawDevice, RawError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| RawError::Local(format!("HTTP client: {e}")))?;
+        RawDevice::with_client(handle, base, http)
+    }
+
+    /// A new account with one device (not registered yet), sharing `http` (and so its
+    /// connection pool) with other devices.
+    pub fn with_client(
+        handle: &str,
+        base: &str,
+        http: reqwest::Client,
+    ) -> Result<RawDevice, RawError> {
         let mut rng = rand::rngs::OsRng;
-        let handle = Handle::parse(handle).expect("handle");
+        let handle = Handle::parse(handle).map_err(|e| RawError::Local(format!("handle: {e}")))?;
         let account = AccountSecret::generate(&mut rng);
         let provider = MemoryProvider::in_memory();
         let device = Device::generate(&provider, &mut rng, &account, handle.clone(), now_secs())
-            .expect("device");
+            .map_err(local("device"))?;
         let device_list = account
             .issue_device_list(
                 handle.clone(),
@@ -59,19 +93,21 @@ impl RawDevice {
                 now_secs(),
                 vec![device.certificate().clone()],
             )
-            .expect("device list");
-        RawDevice {
+            .map_err(local("device list"))?;
+        Ok(RawDevice {
             handle,
             device,
             device_list,
             provider,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client"),
+            http,
             base: base.trim_end_matches('/').to_owned(),
             token: None,
-        }
+        })
+    }
+
+    /// The relay's base URL (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
@@ -122,27 +158,28 @@ impl RawDevice {
 
     /// Registers the account, logs in and uploads `key_packages` one-time key packages
     /// plus a last-resort one.
-    pub async fn register(&mut self, key_packages: usize) {
+    pub async fn register(&mut self, key_packages: usize) -> Result<(), RawError> {
         let encoded = self.device_list.encode();
         let request = RegisterRequest {
             handle: self.handle.clone(),
-            device_proof: self.device.registration_proof(&encoded).expect("proof"),
+            device_proof: self
+                .device
+                .registration_proof(&encoded)
+                .map_err(local("registration proof"))?,
             device_list: encoded,
         };
-        let _: serde_json::Value = self.post("/v1/accounts", &request).await.expect("register");
-        self.login().await.expect("login");
+        let _: serde_json::Value = self.post("/v1/accounts", &request).await?;
+        self.login().await?;
         let upload = UploadKeyPackagesRequest {
             key_packages: key_package::generate(&self.provider, &self.device, key_packages)
-                .expect("key packages"),
+                .map_err(local("key packages"))?,
             last_resort: Some(
                 key_package::generate_last_resort(&self.provider, &self.device)
-                    .expect("last resort"),
+                    .map_err(local("last-resort key package"))?,
             ),
         };
-        let _: serde_json::Value = self
-            .post("/v1/key-packages", &upload)
-            .await
-            .expect("upload key packages");
+        let _: serde_json::Value = self.post("/v1/key-packages", &upload).await?;
+        Ok(())
     }
 
     /// Opens a session (again).
@@ -169,7 +206,10 @@ impl RawDevice {
                 &SessionRequest {
                     handle: self.handle.clone(),
                     device_id: self.device.id(),
-                    signature: self.device.session_proof(&bytes).expect("proof"),
+                    signature: self
+                        .device
+                        .session_proof(&bytes)
+                        .map_err(local("session proof"))?,
                     challenge: challenge.challenge,
                 },
             )
@@ -178,55 +218,60 @@ impl RawDevice {
         Ok(())
     }
 
-    /// The session token.
-    pub fn token(&self) -> &str {
-        self.token.as_deref().expect("logged in")
+    /// The session token, once logged in.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// Starts a conversation with `peer` (every device of it): claims key packages,
     /// sends the commit and Welcome, merges.
-    pub async fn start_conversation(&mut self, peer: &Handle) -> Conversation {
+    pub async fn start_conversation(&mut self, peer: &Handle) -> Result<Conversation, RawError> {
         let claim: ClaimResponse = self
             .post(
                 &format!("/v1/accounts/{}/key-packages/claim", peer.as_str()),
                 &serde_json::json!({}),
             )
-            .await
-            .expect("claim");
-        let list = DeviceList::decode(&claim.device_list).expect("device list");
+            .await?;
+        let list = DeviceList::decode(&claim.device_list)
+            .map_err(|e| RawError::Local(format!("claimed device list: {e}")))?;
         let packages =
             key_package::validate_claimed(self.provider.crypto(), &list, &claim.key_packages)
-                .expect("valid key packages");
-        let mut conversation = Conversation::create(&self.provider, &self.device).expect("group");
+                .map_err(local("claimed key packages"))?;
+        let mut conversation =
+            Conversation::create(&self.provider, &self.device).map_err(local("group"))?;
         let commit = conversation
             .invite(&self.provider, &self.device, &packages)
-            .expect("invite");
+            .map_err(local("invite"))?;
         let request = SendRequest {
             id: MessageId(rand::random()),
             message: commit.commit,
             welcome: commit.welcome,
             removed_devices: vec![],
         };
-        let _: SendResponse = self.post("/v1/messages", &request).await.expect("commit");
+        let _: SendResponse = self.post("/v1/messages", &request).await?;
         conversation
             .merge_pending_commit(&self.provider)
-            .expect("merge");
-        conversation
+            .map_err(local("merge"))?;
+        Ok(conversation)
     }
 
     /// Encrypts `text` in `conversation`: a send request with a fresh id.
-    pub fn message(&self, conversation: &mut Conversation, text: &str) -> SendRequest {
+    pub fn message(
+        &self,
+        conversation: &mut Conversation,
+        text: &str,
+    ) -> Result<SendRequest, RawError> {
         let id = MessageId(rand::random());
         let content = Content::text(id, now_secs() * 1000, text);
         let message = conversation
             .encrypt(&self.provider, &self.device, &content)
-            .expect("encrypt");
-        SendRequest {
+            .map_err(local("encrypt"))?;
+        Ok(SendRequest {
             id,
             message,
             welcome: None,
             removed_devices: vec![],
-        }
+        })
     }
 
     /// Sends a request (a retry sends the same id and bytes).
@@ -238,5 +283,11 @@ impl RawDevice {
     pub async fn mailbox(&self, after: u64) -> Result<MailboxResponse, RawError> {
         self.get(&format!("/v1/mailbox?after={after}&limit=500"))
             .await
+    }
+
+    /// Acknowledges (deletes) the mailbox up to `up_to`.
+    pub async fn ack(&self, up_to: u64) -> Result<(), RawError> {
+        let _: serde_json::Value = self.post("/v1/mailbox/ack", &AckRequest { up_to }).await?;
+        Ok(())
     }
 }
