@@ -62,13 +62,13 @@ pub(super) async fn listen(
     }
 }
 
-/// Publishes the wakeups of one notification payload; a payload that does not parse (which
+/// Publishes one wakeup for a whole notification payload; a payload that does not parse (which
 /// only a writer other than the relay can produce) becomes a [`Wakeup::Resync`].
 fn publish(wakeups: &broadcast::Sender<Wakeup>, payload: &str) {
     match parse_payload(payload) {
         Some(delivered) => {
-            for (device_id, seq) in delivered {
-                let _ = wakeups.send(Wakeup::Mailbox { device_id, seq });
+            if let Some(wakeup) = Wakeup::mailboxes(delivered) {
+                let _ = wakeups.send(wakeup);
             }
         }
         None => {
