@@ -14,7 +14,8 @@
 //! Every measurement runs a short warm-up round, then several rounds, each bounded in
 //! operations and in time (a fraction of a second), and reports the median round's rate:
 //! "per second" is operations per second on one thread (or, where stated, with several
-//! connections), and "per op" is its inverse (for concurrent rows: wall time per row).
+//! connections), and "per op" is its inverse (for concurrent rows: wall time per row). The
+//! fsync rows add latency percentiles over every measured sync.
 //!
 //! 1. **Ed25519** sign and verify (ed25519-dalek) of a 100-byte message.
 //! 2. **HPKE seal** with ciphersuite 0x0003 (DHKEM X25519, HKDF-SHA256, ChaCha20-Poly1305)
