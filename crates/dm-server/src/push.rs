@@ -8,8 +8,9 @@
 //!
 //! Wakeups come from the store ([`crate::store::Store::subscribe`]): on SQLite after a
 //! send commits, on PostgreSQL through `LISTEN/NOTIFY`, so a message stored through any
-//! relay instance wakes the socket wherever it is connected. One dispatcher task per relay
-//! turns them into a [`Notify`] per socket: an idle socket costs a table entry, a parked
+//! relay instance wakes the socket wherever it is connected; one wakeup names every device
+//! of a committed batch (or of a notification). One dispatcher task per relay turns them
+//! into a [`Notify`] per socket: an idle socket costs a table entry, a parked
 //! task and small WebSocket buffers (set explicitly), never a
 //! broadcast receiver of its own. A wakeup that arrives while a socket is busy is kept
 //! (a `Notify` permit), so none is lost between a fetch and the next wait.
@@ -128,6 +129,19 @@ impl Push {
         }
     }
 
+    /// Wakes every socket of each device of a [`Wakeup::Mailboxes`] batch, taking the
+    /// socket table's lock once for the batch.
+    fn wake_devices(&self, devices: &[(DeviceId, u64)]) {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for (device, _) in devices {
+            if let Some(list) = sockets.get(device) {
+                for (_, notify) in list {
+                    notify.notify_one();
+                }
+            }
+        }
+    }
+
     /// Wakes every socket (signals may have been lost).
     pub fn wake_all(&self) {
         let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,7 +162,7 @@ impl Push {
                     let wakeup = wakeups.recv().await;
                     let Some(push) = push.upgrade() else { return };
                     match wakeup {
-                        Ok(Wakeup::Mailbox { device_id, .. }) => push.wake(&device_id),
+                        Ok(Wakeup::Mailboxes(devices)) => push.wake_devices(&devices),
                         Ok(Wakeup::Resync) => push.wake_all(),
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "push dispatcher lagged; waking every socket");

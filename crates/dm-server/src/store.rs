@@ -418,18 +418,32 @@ impl Default for StoreOptions {
 pub(crate) const WAKEUP_CAPACITY: usize = 4096;
 
 /// A signal that new envelopes wait, published to every relay instance sharing the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Cheap to clone: the devices of a batch are shared, not copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wakeup {
-    /// This device's mailbox has an envelope with this sequence number.
-    Mailbox {
-        /// The device.
-        device_id: DeviceId,
-        /// The envelope's sequence number.
-        seq: u64,
-    },
+    /// These devices' mailboxes hold new envelopes: each device once, with the highest
+    /// sequence number stored for it (earlier ones of the same batch are implied). One
+    /// wakeup covers a whole batch: a SQLite group commit, or one PostgreSQL notification.
+    Mailboxes(Arc<[(DeviceId, u64)]>),
     /// Signals may have been lost (a listener reconnected or lagged): every subscriber
     /// should check its mailbox.
     Resync,
+}
+
+impl Wakeup {
+    /// The wakeup of stored envelopes `(device, seq)`, each device once with its highest
+    /// sequence number (in device order); `None` when nothing was stored.
+    pub fn mailboxes(delivered: impl IntoIterator<Item = (DeviceId, u64)>) -> Option<Self> {
+        let mut devices: Vec<(DeviceId, u64)> = delivered.into_iter().collect();
+        if devices.is_empty() {
+            return None;
+        }
+        // Highest sequence number first within a device, then keep the first of each.
+        devices.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        devices.dedup_by_key(|entry| entry.0);
+        Some(Self::Mailboxes(devices.into()))
+    }
 }
 
 /// Counts for the relay's metrics.
@@ -703,6 +717,17 @@ pub fn sequence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailbox_wakeups_name_each_device_once_with_its_highest_seq() {
+        let (a, b, c) = (DeviceId([1; 16]), DeviceId([2; 16]), DeviceId([3; 16]));
+        assert_eq!(Wakeup::mailboxes([]), None);
+        let wakeup = Wakeup::mailboxes([(b, 4), (a, 7), (b, 9), (c, 1), (b, 5), (a, 2)]);
+        assert_eq!(
+            wakeup,
+            Some(Wakeup::Mailboxes(vec![(a, 7), (b, 9), (c, 1)].into()))
+        );
+    }
 
     #[test]
     fn engines_by_scheme() {

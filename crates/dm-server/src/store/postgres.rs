@@ -18,10 +18,18 @@
 //! - **Durability**: every session runs with `synchronous_commit = on`: a write is
 //!   acknowledged only after its WAL is flushed. PostgreSQL flushes the WAL of concurrent
 //!   commits together (group commit), so concurrent sends share fsyncs.
-//! - **Notifications**: a send calls `pg_notify('dm_mailbox', …)` inside its transaction
-//!   (delivered to listeners only if it commits); each store runs one `LISTEN` connection
-//!   and publishes what it hears to [`Store::subscribe`] — its own sends included — and
-//!   [`Wakeup::Resync`] whenever that connection was lost and re-established.
+//! - **Notifications**: after a send committed, it hands what it stored to the store's
+//!   notifier task, which sends `pg_notify('dm_mailbox', …)` for everything queued in one
+//!   statement on a connection of its own (not inside the send's transaction: PostgreSQL
+//!   serialises the commits of notifying transactions, WAL flush included, which would
+//!   leave concurrent sends no group commit). Each store runs one `LISTEN` connection and
+//!   publishes one [`Wakeup::Mailboxes`] per notification to [`Store::subscribe`] — its own
+//!   sends included — and [`Wakeup::Resync`] whenever that connection was lost and
+//!   re-established. A notification can be lost: when the process dies between a send's
+//!   commit and its notification, or the notification fails (logged; this instance then
+//!   wakes its own subscribers directly). The envelope is stored all the same, and every
+//!   push socket checks its mailbox at each ping (`PUSH_PING_SECS`, 30 s): a lost
+//!   notification delays delivery on other instances by at most that long.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -50,7 +58,8 @@ pub use notify::{CHANNEL, parse_payload, payloads};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Connections in the pool of each relay process (the listener has one more).
+/// Connections in the pool of each relay process (the listener and the notifier have one
+/// more each).
 const MAX_CONNECTIONS: u32 = 16;
 /// How long an operation waits for a free connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,20 +79,25 @@ struct Inner {
     pool: PgPool,
     /// One connection, for `LISTEN`.
     listen_pool: PgPool,
+    /// One connection, for the notifier's `pg_notify` (with `synchronous_commit = off`).
+    notify_pool: PgPool,
     options: StoreOptions,
     wakeups: broadcast::Sender<Wakeup>,
     listener_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Takes committed sends' deliveries to the notifier task; `None` once closed.
+    notifier: std::sync::Mutex<Option<notify::Notifier>>,
+    /// The notifier task, awaited on close.
+    notifier_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://…` or `postgresql://…`; the database
     /// must exist), applies pending migrations (instances starting together take turns:
-    /// the migrator holds an advisory lock) and starts listening for other instances'
-    /// envelopes.
+    /// the migrator holds an advisory lock), starts listening for other instances'
+    /// envelopes and starts the notifier task that announces this instance's.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(url)?
-            .application_name("dm-server")
-            .options([("synchronous_commit", "on")]);
+        let base = PgConnectOptions::from_str(url)?.application_name("dm-server");
+        let connect = base.clone().options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -97,6 +111,13 @@ impl PostgresStore {
             .idle_timeout(None)
             .connect_with(connect)
             .await?;
+        // A notification is a hint, not data (its loss costs a delay until the sockets'
+        // next check): its commit need not wait for the WAL flush.
+        let notify_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(base.options([("synchronous_commit", "off")]))
+            .await?;
         // Listening before `connect` returns: nothing committed afterwards is missed.
         let listener = notify::start_listener(&listen_pool).await?;
         let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
@@ -105,15 +126,32 @@ impl PostgresStore {
             listen_pool.clone(),
             wakeups.clone(),
         ));
+        let (notifier, notifier_task) =
+            notify::Notifier::start(notify_pool.clone(), wakeups.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 listen_pool,
+                notify_pool,
                 options,
                 wakeups,
                 listener_task: tokio::sync::Mutex::new(Some(task)),
+                notifier: std::sync::Mutex::new(Some(notifier)),
+                notifier_task: tokio::sync::Mutex::new(Some(notifier_task)),
             }),
         })
+    }
+
+    /// Hands the envelopes a committed send stored to the notifier task (never waits).
+    fn notify(&self, delivered: Vec<(DeviceId, u64)>) {
+        let notifier = self
+            .inner
+            .notifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(notifier) = notifier.as_ref() {
+            notifier.notify(delivered);
+        }
     }
 
     fn pool(&self) -> &PgPool {
@@ -984,6 +1022,20 @@ impl Store for PostgresStore {
 
     fn close(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            // Dropping the notifier lets its task notify what is queued and stop.
+            drop(
+                self.inner
+                    .notifier
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+            if let Some(task) = self.inner.notifier_task.lock().await.take()
+                && let Err(err) = task.await
+            {
+                tracing::error!(error = %err, "the notifier task failed");
+            }
+            self.inner.notify_pool.close().await;
             // Closing the listen pool ends the listener task (its wait is cancelled).
             self.inner.listen_pool.close().await;
             if let Some(task) = self.inner.listener_task.lock().await.take()

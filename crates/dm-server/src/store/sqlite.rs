@@ -6,8 +6,8 @@
 //! Group commit: [`Store::send`] and [`Store::ack`] do not commit one by one. They are queued
 //! to one writer task that runs every queued operation (up to 256) in one transaction with
 //! a savepoint per operation, and commits once: one fsync per batch instead of one per
-//! message. Wakeups are published after the commit. This engine serves one relay process;
-//! several processes need PostgreSQL.
+//! message. One wakeup for the batch's envelopes is published after the commit. This
+//! engine serves one relay process; several processes need PostgreSQL.
 
 mod send;
 mod writer;
@@ -866,9 +866,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// Publishes one wakeup per stored envelope (nobody listening is fine).
-fn deliver_wakeups(wakeups: &broadcast::Sender<Wakeup>, delivered: &[(DeviceId, u64)]) {
-    for &(device_id, seq) in delivered {
-        let _ = wakeups.send(Wakeup::Mailbox { device_id, seq });
+/// Publishes one wakeup for the envelopes a committed batch stored (nobody listening is
+/// fine): one broadcast entry per batch, not per envelope, so a subscriber does not lag
+/// behind a busy writer.
+fn deliver_wakeups(wakeups: &broadcast::Sender<Wakeup>, delivered: Vec<(DeviceId, u64)>) {
+    if let Some(wakeup) = Wakeup::mailboxes(delivered) {
+        let _ = wakeups.send(wakeup);
     }
 }

@@ -309,14 +309,50 @@ conformance! {
         let only_bob = group(store.as_ref(), alice, &[("bob", bob)]).await;
         loop {
             match next_wakeup(&mut wakeups).await {
-                Wakeup::Mailbox { device_id, seq } => {
-                    assert_eq!((device_id, seq), (bob, 3));
+                Wakeup::Mailboxes(devices) => {
+                    assert_eq!(*devices, [(bob, 3)]);
                     break;
                 }
                 Wakeup::Resync => continue,
             }
         }
         assert!(!only_bob.is_empty());
+        store.close().await.unwrap();
+    }
+
+    /// A burst of envelopes costs subscribers one wakeup per batch (one send here), not one
+    /// per envelope: more envelopes than the channel holds do not make a subscriber that
+    /// did not keep up lag (which would wake every push socket).
+    async fn a_burst_of_envelopes_does_not_make_subscribers_lag(db: TestDb) {
+        const MEMBERS: usize = 20;
+        const SENDS: u64 = 220;
+        let store = db.store(StoreOptions::default()).await;
+        let alice = account(store.as_ref(), "alice").await;
+        let mut members = Vec::new();
+        for i in 0..MEMBERS {
+            let handle = format!("member{i}");
+            let device = account(store.as_ref(), &handle).await;
+            members.push((handle, device));
+        }
+        let member_refs: Vec<(&str, DeviceId)> =
+            members.iter().map(|(h, d)| (h.as_str(), *d)).collect();
+        let mut wakeups = store.subscribe();
+        let group_id = group(store.as_ref(), alice, &member_refs).await;
+        // Nobody reads the wakeups meanwhile: well over the channel's 4096 envelopes.
+        assert!(SENDS * MEMBERS as u64 > 4096);
+        for _ in 0..SENDS {
+            let outcome = store
+                .send(
+                    message(alice, &group_id, ContentKind::Application, 1),
+                    now_secs() * 1000,
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome.delivered.len(), MEMBERS);
+        }
+        // Every member's last envelope (after the Welcome) is announced, without a lag.
+        let last: Vec<(DeviceId, u64)> = members.iter().map(|&(_, d)| (d, SENDS + 1)).collect();
+        expect_wakeups(&mut wakeups, &last).await;
         store.close().await.unwrap();
     }
 }

@@ -107,15 +107,20 @@ pub async fn next_wakeup(wakeups: &mut broadcast::Receiver<Wakeup>) -> Wakeup {
         .expect("the wakeup channel is open and did not lag")
 }
 
-/// Waits until every `(device, seq)` of `expected` was announced, skipping resyncs.
+/// Waits until every `(device, seq)` of `expected` was announced (by a wakeup naming the
+/// device with that or a higher sequence number), skipping resyncs.
 pub async fn expect_wakeups(
     wakeups: &mut broadcast::Receiver<Wakeup>,
     expected: &[(DeviceId, u64)],
 ) {
     let mut missing: Vec<(DeviceId, u64)> = expected.to_vec();
     while !missing.is_empty() {
-        if let Wakeup::Mailbox { device_id, seq } = next_wakeup(wakeups).await {
-            missing.retain(|&m| m != (device_id, seq));
+        if let Wakeup::Mailboxes(devices) = next_wakeup(wakeups).await {
+            missing.retain(|&(device, seq)| {
+                !devices
+                    .iter()
+                    .any(|&(announced, up_to)| announced == device && up_to >= seq)
+            });
         }
     }
 }

@@ -119,6 +119,76 @@ async fn postgres_a_lost_listener_connection_resyncs() {
     store.close().await.unwrap();
 }
 
+/// A send notifies only after its transaction committed (a notifying transaction holds
+/// PostgreSQL's notification lock through its commit, serialising every send's WAL flush),
+/// and a failing notification neither fails the send nor keeps this instance's subscribers
+/// asleep. The database's `pg_notify` is shadowed by one that refuses to run in a
+/// transaction that has written anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sends_notify_outside_their_transaction() {
+    let Some(db) = TestDb::postgres("notify_outside_tx").await else {
+        return;
+    };
+    let mut admin = sqlx::postgres::PgConnectOptions::from_str(db.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE FUNCTION public.pg_notify(channel text, payload text) RETURNS void \
+         LANGUAGE plpgsql AS $$ BEGIN \
+           IF txid_current_if_assigned() IS NOT NULL THEN \
+             RAISE EXCEPTION 'pg_notify inside a writing transaction'; \
+           END IF; \
+           PERFORM pg_catalog.pg_notify(channel, payload); \
+         END $$",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Sessions opened from now on find the shadow first.
+    sqlx::query(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', \
+         current_database()); END $$",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let first = db.store(StoreOptions::default()).await;
+    let second = db.store(StoreOptions::default()).await;
+    let mut first_wakeups = first.subscribe();
+    let mut second_wakeups = second.subscribe();
+    let alice = account(first.as_ref(), "alice").await;
+    let bob = account(first.as_ref(), "bob").await;
+    let group_id = group(first.as_ref(), alice, &[("bob", bob)]).await;
+    expect_wakeups(&mut first_wakeups, &[(bob, 1)]).await;
+    expect_wakeups(&mut second_wakeups, &[(bob, 1)]).await;
+
+    // Notifications fail from now on: sends succeed, and wake this instance's sockets.
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION public.pg_notify(channel text, payload text) \
+         RETURNS void LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION 'notifications refused'; \
+         END $$",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let outcome = first
+        .send(
+            message(alice, &group_id, ContentKind::Application, 1),
+            now_secs() * 1000,
+        )
+        .await
+        .expect("the send succeeds although its notification fails");
+    assert_eq!(outcome.delivered, vec![(bob, 2)]);
+    expect_wakeups(&mut first_wakeups, &[(bob, 2)]).await;
+    // The other instance finds it when it looks.
+    assert_eq!(second.fetch(bob, 1, 10).await.unwrap().envelopes.len(), 1);
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+}
+
 conformance! {
     /// The same message sent twice at once (on PostgreSQL through two instances) is
     /// accepted once; the other answer is the duplicate's, and one envelope is delivered.

@@ -1,10 +1,17 @@
-//! Cross-instance wakeups: `pg_notify` payloads and the `LISTEN` task.
+//! Cross-instance wakeups: `pg_notify` payloads, the notifier task and the `LISTEN` task.
+//!
+//! A send does not notify inside its transaction: PostgreSQL serialises the commits of
+//! every transaction that notified (a cluster-wide lock held through the commit's WAL
+//! flush), which would leave concurrent sends no group commit. After its commit, a send
+//! hands what it delivered to the store's notifier task ([`Notifier::notify`], never
+//! waiting); the task sends whatever is queued in one statement of as few payloads as the
+//! size limit allows, on a connection of its own.
 
 use std::time::Duration;
 
 use dm_wire::DeviceId;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::store::Wakeup;
 
@@ -14,6 +21,100 @@ pub const CHANNEL: &str = "dm_mailbox";
 const MAX_PAYLOAD: usize = 7999;
 /// Longest pause between attempts to re-establish the listener.
 const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(5);
+/// Committed sends waiting for the notifier before further ones skip the notification.
+const NOTIFY_QUEUE: usize = 4096;
+/// Most committed sends one notification statement covers.
+const MAX_NOTIFY_BATCH: usize = 1024;
+
+/// The sending side of the notifier task: what committed sends delivered.
+#[derive(Debug)]
+pub(super) struct Notifier {
+    queue: mpsc::Sender<Vec<(DeviceId, u64)>>,
+    wakeups: broadcast::Sender<Wakeup>,
+}
+
+impl Notifier {
+    /// Starts the notifier task, which sends notifications through `pool` (whose
+    /// connections should not wait for their commits' WAL flush: a notification is a hint,
+    /// not data) until this `Notifier` is dropped and the queue is drained.
+    pub(super) fn start(
+        pool: PgPool,
+        wakeups: broadcast::Sender<Wakeup>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, queued) = mpsc::channel(NOTIFY_QUEUE);
+        let task = tokio::spawn(notify_queued(pool, wakeups.clone(), queued));
+        (Self { queue, wakeups }, task)
+    }
+
+    /// Queues the envelopes a committed send stored for notification; never waits. If the
+    /// queue is full (the database is not keeping up with notifications), they are not
+    /// notified: this instance's subscribers are woken directly, and other instances find
+    /// the envelopes when their sockets next check.
+    pub(super) fn notify(&self, delivered: Vec<(DeviceId, u64)>) {
+        if delivered.is_empty() {
+            return;
+        }
+        match self.queue.try_send(delivered) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(delivered)) => {
+                tracing::warn!(
+                    entries = delivered.len(),
+                    "the notification queue is full; other relay instances will not be notified"
+                );
+                publish_locally(&self.wakeups, delivered);
+            }
+            // The task is gone only when it panicked: its failure is logged on close.
+            Err(mpsc::error::TrySendError::Closed(delivered)) => {
+                publish_locally(&self.wakeups, delivered);
+            }
+        }
+    }
+}
+
+/// Wakes this instance's subscribers directly, for envelopes that were not notified (the
+/// listener will not hear of them).
+fn publish_locally(wakeups: &broadcast::Sender<Wakeup>, delivered: Vec<(DeviceId, u64)>) {
+    if let Some(wakeup) = Wakeup::mailboxes(delivered) {
+        let _ = wakeups.send(wakeup);
+    }
+}
+
+/// The notifier task: takes every queued send (up to [`MAX_NOTIFY_BATCH`]) and notifies
+/// them in one statement, until every sender is dropped and the queue is empty. A failed
+/// statement is logged and its envelopes are published locally (nothing is retried: the
+/// other instances' sockets find them at their next periodic check).
+async fn notify_queued(
+    pool: PgPool,
+    wakeups: broadcast::Sender<Wakeup>,
+    mut queue: mpsc::Receiver<Vec<(DeviceId, u64)>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_NOTIFY_BATCH);
+    while queue.recv_many(&mut batch, MAX_NOTIFY_BATCH).await > 0 {
+        let sends = batch.len();
+        let delivered: Vec<(DeviceId, u64)> = batch.drain(..).flatten().collect();
+        // Per device, the highest sequence number stands for the earlier ones.
+        let delivered = match Wakeup::mailboxes(delivered) {
+            Some(Wakeup::Mailboxes(devices)) => devices,
+            _ => continue,
+        };
+        let payloads = payloads(&delivered);
+        let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(CHANNEL)
+            .bind(payloads)
+            .execute(&pool)
+            .await;
+        if let Err(err) = sent {
+            tracing::warn!(
+                error = %err,
+                sends,
+                devices = delivered.len(),
+                "could not notify the relay instances of stored envelopes; other instances \
+                 find them at their sockets' next check"
+            );
+            let _ = wakeups.send(Wakeup::Mailboxes(delivered));
+        }
+    }
+}
 
 pub(super) async fn start_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
@@ -62,13 +163,13 @@ pub(super) async fn listen(
     }
 }
 
-/// Publishes the wakeups of one notification payload; a payload that does not parse (which
+/// Publishes one wakeup for a whole notification payload; a payload that does not parse (which
 /// only a writer other than the relay can produce) becomes a [`Wakeup::Resync`].
 fn publish(wakeups: &broadcast::Sender<Wakeup>, payload: &str) {
     match parse_payload(payload) {
         Some(delivered) => {
-            for (device_id, seq) in delivered {
-                let _ = wakeups.send(Wakeup::Mailbox { device_id, seq });
+            if let Some(wakeup) = Wakeup::mailboxes(delivered) {
+                let _ = wakeups.send(wakeup);
             }
         }
         None => {

@@ -3,7 +3,6 @@
 use sqlx::PgConnection;
 
 use super::PostgresStore;
-use super::notify::{CHANNEL, payloads};
 use crate::store::convert::{device_id, int, uint};
 use crate::store::{OutgoingMessage, SendOutcome, StoreError, sequence};
 
@@ -228,15 +227,11 @@ impl PostgresStore {
         .bind(msg.id.as_bytes().as_slice())
         .execute(&mut *tx)
         .await?;
-        // Delivered to listeners when (and only if) the transaction commits.
-        for payload in payloads(&delivered) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
+        // Notified after the commit, by the notifier task: a transaction that notifies
+        // would take PostgreSQL's notification lock through its commit and serialise every
+        // send's WAL flush.
+        self.notify(delivered.clone());
         Ok(SendOutcome {
             epoch: sequenced.new_epoch,
             duplicate: false,

@@ -3,9 +3,10 @@
 //! Callers queue an [`Op`] and wait for its answer. The task takes every operation waiting
 //! (up to [`MAX_BATCH`]), opens one `BEGIN IMMEDIATE` transaction, runs each operation in
 //! its own `SAVEPOINT` (an operation that is refused or fails rolls back to its savepoint
-//! and gets its own error, the others are unaffected), commits once, publishes the wakeups
-//! of the committed envelopes, and then answers every caller. If the transaction cannot be
-//! begun or committed, every operation of the batch gets the error: none of them happened.
+//! and gets its own error, the others are unaffected), commits once, publishes one wakeup
+//! for the envelopes of the whole batch, and then answers every caller. If the transaction
+//! cannot be begun or committed, every operation of the batch gets the error: none of them
+//! happened.
 
 use std::sync::Arc;
 
@@ -110,11 +111,11 @@ async fn commit_batch(
     let mut results: Vec<Result<Done, StoreError>> = Vec::with_capacity(ops.len());
     match run_batch(pool, quota, &ops, &mut results).await {
         Ok(()) => {
-            for result in &results {
-                if let Ok(Done::Sent(outcome)) = result {
-                    deliver_wakeups(wakeups, &outcome.delivered);
-                }
-            }
+            let delivered = results.iter().flat_map(|result| match result {
+                Ok(Done::Sent(outcome)) => outcome.delivered.as_slice(),
+                _ => &[],
+            });
+            deliver_wakeups(wakeups, delivered.copied().collect());
             for (op, result) in ops.into_iter().zip(results) {
                 op.reply.answer(result);
             }
