@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     recipients: usize,
     /// Sends in flight in the closed loops.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Length of each measured phase, in seconds.
     #[arg(long, default_value_t = 8.0)]
@@ -63,7 +63,7 @@ struct Args {
     /// Envelopes queued for offline recipients in the drain phase (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     drain_envelopes: usize,
-    /// Idle push socket counts for the memory measurement (empty skips it).
+    /// Idle push socket counts for the memory measurement (0 skips it).
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     sockets: Vec<usize>,
     /// The core the relay is pinned to.
@@ -413,8 +413,8 @@ async fn measure_engine(
     server.stop().await;
 
     // 4. Idle sockets, on a fresh relay.
-    if !args.sockets.is_empty() {
-        let mut steps = args.sockets.clone();
+    let mut steps: Vec<usize> = args.sockets.iter().copied().filter(|&n| n > 0).collect();
+    if !steps.is_empty() {
         steps.sort_unstable();
         let mut server = Server::start(config, engine).await?;
         let result = sockets::measure(&server, run, &steps).await;
