@@ -60,9 +60,13 @@
 //! iteration itself with `Instant` (the setup is outside the timed part) and also records
 //! each iteration's time. The table printed after criterion's output gives, per
 //! operation, the **median of all recorded iterations** (warm-up included) of each
-//! implementation and their ratio. Sample sizes and times are small for N=100 and N=1000
-//! (10 samples, flat sampling, a few iterations) so that the whole run takes about
-//! 6 minutes on a 2-core machine (plus the release build).
+//! implementation and their ratio; the "flatness" lines give max/min over N of the
+//! send+receive medians. Sample sizes and times are small for the operations that restore
+//! state at N=100 and N=1000 (20 samples, flat sampling, one iteration per sample at
+//! N=1000), so a single slow iteration on a busy machine can move a median by 10-20%;
+//! rerun an operation with a filter before reading much into one ratio. The whole run
+//! takes about 2 minutes on a shared 2-core machine, after a release build of about
+//! 7 minutes from scratch.
 #![allow(missing_docs)]
 
 use std::cell::RefCell;
@@ -170,15 +174,15 @@ fn group<'a>(
 ) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(format!("{op}/n={n}"));
     if heavy && n >= 1000 {
-        g.sample_size(10)
+        g.sample_size(20)
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_millis(1))
             .measurement_time(Duration::from_millis(50));
     } else if heavy && n >= 100 {
-        g.sample_size(10)
+        g.sample_size(20)
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_millis(20))
-            .measurement_time(Duration::from_millis(200));
+            .measurement_time(Duration::from_millis(500));
     } else {
         g.sample_size(20)
             .warm_up_time(Duration::from_millis(200))
