@@ -287,14 +287,7 @@ impl Conversation {
         if packages.is_empty() {
             return Err(Error::misuse("no key packages to add"));
         }
-        let members = self.members();
-        if let Some(p) = packages.iter().find(|p| members.contains(p.identity())) {
-            return Err(Error::misuse(format!(
-                "device {} of {} is already a member",
-                p.identity().device_id,
-                p.identity().handle
-            )));
-        }
+        // `commit_changes` refuses packages of devices that are already members.
         self.commit_changes(provider, device, packages, &[])
     }
 
@@ -315,7 +308,12 @@ impl Conversation {
         if add.is_empty() && remove.is_empty() && !self.group.has_pending_proposals() {
             return Err(Error::misuse("nothing to commit"));
         }
-        let members = self.members();
+        // Decoding every member's identity costs O(N): only when there is something to add.
+        let members = if add.is_empty() {
+            Vec::new()
+        } else {
+            self.members()
+        };
         if let Some(p) = add.iter().find(|p| members.contains(p.identity())) {
             return Err(Error::misuse(format!(
                 "device {} of {} is already a member",
