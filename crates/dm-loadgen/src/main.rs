@@ -66,6 +66,9 @@ struct Args {
     /// Idle push socket counts for the memory measurement (0 skips it).
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     sockets: Vec<usize>,
+    /// Only the idle-socket memory measurement (no traffic phases).
+    #[arg(long)]
+    sockets_only: bool,
     /// The core the relay is pinned to.
     #[arg(long, default_value_t = 0)]
     server_core: usize,
@@ -232,9 +235,56 @@ async fn measure_engine(
     let label = durability(engine).to_owned();
     println!("\n== {label}");
     let run: u32 = rand::random::<u32>() % 1_000_000;
-    let mut server = Server::start(config, engine).await?;
     let mut rows = Vec::new();
     let mut json = json!({ "engine": engine.name(), "durability": label });
+    if !args.sockets_only {
+        measure_traffic(args, config, engine, run, &mut rows, &mut json).await?;
+    }
+    // 4. Idle sockets, on a fresh relay.
+    let mut steps: Vec<usize> = args.sockets.iter().copied().filter(|&n| n > 0).collect();
+    if !steps.is_empty() {
+        steps.sort_unstable();
+        let mut server = Server::start(config, engine).await?;
+        let result = sockets::measure(&server, run, &steps).await;
+        server.stop().await;
+        let (baseline, memory) = result?;
+        println!(
+            "idle push sockets (fresh relay, baseline {:.1} MiB):",
+            baseline as f64 / 1048576.0
+        );
+        let mut entries = Vec::new();
+        for m in &memory {
+            println!(
+                "  {:>6} sockets: RSS {:.1} MiB, {:.1} KiB per socket",
+                m.sockets,
+                m.rss_bytes as f64 / 1048576.0,
+                m.per_socket_bytes as f64 / 1024.0
+            );
+            rows.push((
+                format!("resident memory per idle WebSocket at {}", m.sockets),
+                format!("{:.1} KiB", m.per_socket_bytes as f64 / 1024.0),
+            ));
+            entries.push(json!({
+                "sockets": m.sockets,
+                "rss_bytes": m.rss_bytes,
+                "per_socket_bytes": m.per_socket_bytes,
+            }));
+        }
+        json["idle_sockets"] = json!({ "baseline_rss_bytes": baseline, "steps": entries });
+    }
+    Ok(Report { label, rows, json })
+}
+
+/// Phases 1 to 3: saturation, open loop, offline drain, on one relay.
+async fn measure_traffic(
+    args: &Args,
+    config: &ServerConfig,
+    engine: Engine,
+    run: u32,
+    rows: &mut Vec<(String, String)>,
+    json: &mut serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut server = Server::start(config, engine).await?;
     let setup = Instant::now();
     let population = populate(&server.base, args.senders, args.recipients, run).await?;
     let message_bytes = population.message_bytes;
@@ -411,38 +461,5 @@ async fn measure_engine(
         );
     }
     server.stop().await;
-
-    // 4. Idle sockets, on a fresh relay.
-    let mut steps: Vec<usize> = args.sockets.iter().copied().filter(|&n| n > 0).collect();
-    if !steps.is_empty() {
-        steps.sort_unstable();
-        let mut server = Server::start(config, engine).await?;
-        let result = sockets::measure(&server, run, &steps).await;
-        server.stop().await;
-        let (baseline, memory) = result?;
-        println!(
-            "idle push sockets (fresh relay, baseline {:.1} MiB):",
-            baseline as f64 / 1048576.0
-        );
-        let mut entries = Vec::new();
-        for m in &memory {
-            println!(
-                "  {:>6} sockets: RSS {:.1} MiB, {:.1} KiB per socket",
-                m.sockets,
-                m.rss_bytes as f64 / 1048576.0,
-                m.per_socket_bytes as f64 / 1024.0
-            );
-            rows.push((
-                format!("resident memory per idle WebSocket at {}", m.sockets),
-                format!("{:.1} KiB", m.per_socket_bytes as f64 / 1024.0),
-            ));
-            entries.push(json!({
-                "sockets": m.sockets,
-                "rss_bytes": m.rss_bytes,
-                "per_socket_bytes": m.per_socket_bytes,
-            }));
-        }
-        json["idle_sockets"] = json!({ "baseline_rss_bytes": baseline, "steps": entries });
-    }
-    Ok(Report { label, rows, json })
+    Ok(())
 }
