@@ -30,7 +30,7 @@
 //!    each write; p50 and p99 latency and syncs per second. Every durable commit pays one.
 //! 5. **SQLite durable inserts** with the relay's settings (sqlx, WAL, `synchronous=FULL`,
 //!    `BEGIN IMMEDIATE`): one 1 KiB row per transaction, and 256 rows per transaction (the
-//!    relay's writer task commits up to 256 operations at once). The batched figure is the
+//!    relay's writer thread commits up to 256 operations at once). The batched figure is the
 //!    "relay SQLite durable ceiling": one relay process on SQLite cannot store more
 //!    messages per second than this (a message is at least one row).
 //! 6. **PostgreSQL durable inserts** (`synchronous_commit=on`), one 1 KiB row or 256 rows per
@@ -414,7 +414,7 @@ fn fsync(report: &mut Report, dir: &Path) -> Res<()> {
 
 async fn sqlite(report: &mut Report, dir: &Path) -> Res<()> {
     println!("SQLite (sqlx, WAL, synchronous=FULL, 1 KiB rows, one connection):");
-    // The relay's settings (src/store/sqlite.rs); one connection, like its writer task.
+    // The relay's settings (src/store/sqlite.rs); one connection, like its writer thread.
     let options = SqliteConnectOptions::new()
         .filename(dir.join("probe.sqlite3"))
         .create_if_missing(true)

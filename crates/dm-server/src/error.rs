@@ -231,6 +231,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Closed => Self::new(ErrorCode::Unavailable, "the relay is shutting down"),
             err @ (StoreError::Database(_)
+            | StoreError::Sqlite(_)
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::UnsupportedDatabaseUrl

@@ -107,10 +107,13 @@ pub enum StoreError {
     /// The operation succeeded, but the transaction it was batched in (with other
     /// operations, see [`sqlite`]) failed to commit: it did not happen.
     #[error("committing the batch failed: {0}")]
-    BatchCommit(Arc<sqlx::Error>),
+    BatchCommit(Arc<rusqlite::Error>),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database failed, on the SQLite writer thread's own connection (see [`sqlite`]).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The schema migration failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -4,10 +4,13 @@
 //! with `SQLITE_BUSY` under concurrency instead of waiting for the busy timeout.
 //!
 //! Group commit: [`Store::send`] and [`Store::ack`] do not commit one by one. They are queued
-//! to one writer task that runs every queued operation (up to 256) in one transaction with
-//! a savepoint per operation, and commits once: one fsync per batch instead of one per
-//! message. One wakeup for the batch's envelopes is published after the commit. This
-//! engine serves one relay process; several processes need PostgreSQL.
+//! to one writer thread that runs every queued operation (up to 256) in one transaction
+//! with a savepoint per operation, and commits once: one fsync per batch instead of one per
+//! message. One wakeup for the batch's envelopes is published after the commit. The writer
+//! thread has its own connection to the file (rusqlite, prepared statements cached, no
+//! channel hop per statement); the sqlx pool runs the migrations and serves every read and
+//! every other write. This engine serves one relay process; several processes need
+//! PostgreSQL.
 
 mod send;
 mod writer;
@@ -41,7 +44,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool (SQLite has one writer at a time; readers run in parallel).
 const MAX_CONNECTIONS: u32 = 8;
-/// Operations waiting for the writer task before senders wait for room.
+/// Operations waiting for the writer thread before senders wait for room.
 const WRITER_QUEUE: usize = 4096;
 
 /// The relay's state in one SQLite database file.
@@ -55,15 +58,15 @@ struct Inner {
     pool: SqlitePool,
     options: StoreOptions,
     wakeups: broadcast::Sender<Wakeup>,
-    /// The writer task's queue; `None` once closed.
+    /// The writer thread's queue; `None` once closed.
     writer: Mutex<Option<mpsc::Sender<writer::Op>>>,
-    /// The writer task, awaited on close.
-    writer_task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The writer thread, joined on close.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SqliteStore {
     /// Opens (creating it if missing) the database at `url` (`sqlite://path`), applies
-    /// pending migrations and starts the writer task.
+    /// pending migrations and starts the writer thread.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -73,24 +76,29 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
+        // The writer's own connection, opened once the pool has created and migrated the file.
+        let path = connect.get_filename().to_owned();
+        let conn = tokio::task::spawn_blocking(move || writer::open(&path, BUSY_TIMEOUT))
+            .await
+            .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))??;
         let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
         let (queue, ops) = mpsc::channel(WRITER_QUEUE);
-        let task = tokio::spawn(writer::run(
-            pool.clone(),
-            options.mailbox_quota,
-            wakeups.clone(),
-            ops,
-        ));
+        let quota = options.mailbox_quota;
+        let thread_wakeups = wakeups.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer::run(conn, quota, thread_wakeups, ops))
+            .map_err(sqlx::Error::Io)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 options,
                 wakeups,
                 writer: Mutex::new(Some(queue)),
-                writer_task: tokio::sync::Mutex::new(Some(task)),
+                writer_thread: Mutex::new(Some(thread)),
             }),
         })
     }
@@ -103,7 +111,7 @@ impl SqliteStore {
         self.pool().begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Queues an operation for the writer task and waits for its answer.
+    /// Queues an operation for the writer thread and waits for its answer.
     async fn submit<T>(
         &self,
         work: writer::Work,
@@ -855,10 +863,18 @@ impl Store for SqliteStore {
         Box::pin(async move {
             // Dropping the queue lets the writer finish what is queued and stop.
             drop(self.inner.writer.lock().ok().and_then(|mut q| q.take()));
-            if let Some(task) = self.inner.writer_task.lock().await.take()
-                && let Err(err) = task.await
-            {
-                tracing::error!(error = %err, "the SQLite writer task failed");
+            let thread = self
+                .inner
+                .writer_thread
+                .lock()
+                .ok()
+                .and_then(|mut t| t.take());
+            if let Some(thread) = thread {
+                match tokio::task::spawn_blocking(move || thread.join()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => tracing::error!("the SQLite writer thread panicked"),
+                    Err(err) => tracing::error!(error = %err, "joining the SQLite writer failed"),
+                }
             }
             self.pool().close().await;
             Ok(())

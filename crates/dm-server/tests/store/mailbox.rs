@@ -220,7 +220,7 @@ conformance! {
         assert_eq!(announced, (4..=63).collect::<BTreeSet<u64>>());
     }
 
-    /// Many sends at once (on SQLite: batched into few transactions by the writer task),
+    /// Many sends at once (on SQLite: batched into few transactions by the writer thread),
     /// some of them refused: every valid one is accepted and delivered exactly once, every
     /// refused one gets its own error and leaves no trace.
     async fn refused_sends_do_not_affect_concurrent_ones(db: TestDb) {
