@@ -4,6 +4,14 @@
 //! relay stores only its SHA-256, so a copy of the database does not yield usable tokens;
 //! lookups go by that hash, so comparing tokens never depends on their secret bytes.
 //! Tokens are never logged.
+//!
+//! A session found valid is remembered for [`SESSION_CACHE_SECS`] (by its hash, in memory),
+//! so that a busy client's requests do not each read the database. A relay forgets every
+//! remembered session when it revokes a device or deletes an account; another relay
+//! instance sharing the database may accept a revoked device's token for at most that long.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -86,20 +94,69 @@ pub struct Authenticated {
     pub device_key: [u8; 32],
 }
 
+/// Seconds a session found valid is remembered (see the module documentation).
+pub const SESSION_CACHE_SECS: u64 = 2;
+/// Most sessions remembered at once; when full, all are forgotten.
+const SESSION_CACHE_ENTRIES: usize = 65_536;
+
+/// Sessions recently found valid, by token hash.
+#[derive(Default)]
+pub struct SessionCache {
+    /// With the relay clock's second when it was found valid.
+    entries: Mutex<HashMap<[u8; 32], (u64, Authenticated)>>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCache(..)")
+    }
+}
+
+impl SessionCache {
+    fn get(&self, hash: &[u8; 32], now: u64) -> Option<Authenticated> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, found) = entries.get(hash)?;
+        (now >= *at && now - at < SESSION_CACHE_SECS).then(|| found.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], now: u64, found: &Authenticated) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= SESSION_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (now, found.clone()));
+    }
+
+    /// Forgets every session (after sessions were deleted: revocation, account deletion).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
 impl Authenticated {
-    /// The device of the session whose token `headers` carry, if it is valid and unexpired.
+    /// The device of the session whose token `headers` carry, if it is valid and unexpired
+    /// (or was so less than [`SESSION_CACHE_SECS`] ago).
     async fn lookup(state: &AppState, headers: &HeaderMap) -> Result<Self, ApiError> {
         let hash = bearer_hash(headers).ok_or_else(ApiError::unauthenticated)?;
+        let now = state.now_secs();
+        if let Some(found) = state.sessions().get(&hash, now) {
+            return Ok(found);
+        }
         let device = state
             .store()
-            .session(hash, state.now_secs())
+            .session(hash, now)
             .await?
             .ok_or_else(ApiError::unauthenticated)?;
-        Ok(Self {
+        let found = Self {
             device_id: device.device_id,
             handle: device.handle,
             device_key: device.device_key,
-        })
+        };
+        state.sessions().put(hash, now, &found);
+        Ok(found)
     }
 
     /// Like the extractor, but `None` on any failure (middleware uses it to tell clients

@@ -71,6 +71,7 @@ pub struct AppState {
     client_ip_header: Option<HeaderName>,
     websockets: Arc<Semaphore>,
     shutdown: Arc<watch::Sender<bool>>,
+    sessions: Arc<auth::SessionCache>,
 }
 
 /// A WebSocket's place among the `max_websockets` allowed at once; counted in
@@ -93,7 +94,13 @@ impl AppState {
             websockets: Arc::new(Semaphore::new(Config::default().max_websockets)),
             shutdown: Arc::new(watch::Sender::new(false)),
             push: Arc::new(Push::new()),
+            sessions: Arc::new(auth::SessionCache::default()),
         }
+    }
+
+    /// Sessions recently found valid.
+    pub fn sessions(&self) -> &auth::SessionCache {
+        &self.sessions
     }
 
     /// The open push sockets.

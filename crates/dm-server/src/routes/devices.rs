@@ -62,6 +62,10 @@ pub async fn publish(
             state.now_secs(),
         )
         .await?;
+    if !change.removed.is_empty() {
+        // The removed devices' sessions are gone.
+        state.sessions().clear();
+    }
     tracing::debug!(
         added = change.added.len(),
         removed = change.removed.len(),
@@ -88,6 +92,7 @@ pub async fn delete_account(
         ));
     }
     state.store().delete_account(&handle).await?;
+    state.sessions().clear();
     tracing::debug!("account deleted");
     Ok(StatusCode::NO_CONTENT)
 }
