@@ -8,8 +8,9 @@
 //! with a savepoint per operation, and commits once: one fsync per batch instead of one per
 //! message. One wakeup for the batch's envelopes is published after the commit. The writer
 //! thread has its own connection to the file (rusqlite, prepared statements cached, no
-//! channel hop per statement); the sqlx pool runs the migrations and serves every read and
-//! every other write. This engine serves one relay process; several processes need
+//! channel hop per statement). Mailbox fetches, which push sockets run after every
+//! wakeup, read on a few rusqlite connections in blocking threads (one thread hop per
+//! page). The sqlx pool runs the migrations and serves every other read and write. This engine serves one relay process; several processes need
 //! PostgreSQL.
 
 mod send;
@@ -62,7 +63,14 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<writer::Op>>>,
     /// The writer thread, joined on close.
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The database file, for the reader connections.
+    path: std::path::PathBuf,
+    /// Idle rusqlite connections for mailbox fetches.
+    readers: Mutex<Vec<rusqlite::Connection>>,
 }
+
+/// Most idle reader connections kept.
+const MAX_IDLE_READERS: usize = 8;
 
 impl SqliteStore {
     /// Opens (creating it if missing) the database at `url` (`sqlite://path`), applies
@@ -81,7 +89,8 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         // The writer's own connection, opened once the pool has created and migrated the file.
         let path = connect.get_filename().to_owned();
-        let conn = tokio::task::spawn_blocking(move || writer::open(&path, BUSY_TIMEOUT))
+        let writer_path = path.clone();
+        let conn = tokio::task::spawn_blocking(move || writer::open(&writer_path, BUSY_TIMEOUT))
             .await
             .map_err(|err| sqlx::Error::Io(std::io::Error::other(err)))??;
         let (wakeups, _) = broadcast::channel(super::WAKEUP_CAPACITY);
@@ -99,6 +108,8 @@ impl SqliteStore {
                 wakeups,
                 writer: Mutex::new(Some(queue)),
                 writer_thread: Mutex::new(Some(thread)),
+                path,
+                readers: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -534,31 +545,26 @@ impl Store for SqliteStore {
     }
 
     fn fetch(&self, device: DeviceId, after: u64, limit: u32) -> StoreFuture<'_, MailboxPage> {
+        // On a rusqlite connection in a blocking thread: one thread hop for the whole page
+        // (through sqlx every query and every row is one), as push sockets fetch often.
         Box::pin(async move {
-            // Payloads only while the page stays within FETCH_BYTE_BUDGET (the first one
-            // always): lengths come from the rows, payloads are read for the page only.
-            let rows: Vec<(i64, Option<Vec<u8>>, i64)> = sqlx::query_as(
-                "WITH page AS ( \
-                   SELECT seq, SUM(len) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - len \
-                     AS before \
-                   FROM (SELECT seq, length(payload) AS len FROM mailbox \
-                         WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)) \
-                 SELECT m.seq, CASE WHEN page.before < ?4 THEN m.payload END, m.received_at \
-                 FROM page JOIN mailbox m ON m.device_id = ?1 AND m.seq = page.seq \
-                 ORDER BY m.seq",
-            )
-            .bind(device.as_bytes().as_slice())
-            .bind(int(after))
-            .bind(i64::from(limit) + 1)
-            .bind(int(super::FETCH_BYTE_BUDGET as u64))
-            .fetch_all(self.pool())
-            .await?;
-            let dropped: Option<i64> =
-                sqlx::query_scalar("SELECT dropped FROM devices WHERE device_id = ?")
-                    .bind(device.as_bytes().as_slice())
-                    .fetch_optional(self.pool())
-                    .await?;
-            MailboxPage::from_rows(rows, limit, dropped.unwrap_or(0))
+            let inner = Arc::clone(&self.inner);
+            let (rows, dropped) = tokio::task::spawn_blocking(move || {
+                let conn = match inner.readers.lock().ok().and_then(|mut r| r.pop()) {
+                    Some(conn) => conn,
+                    None => writer::open(&inner.path, BUSY_TIMEOUT)?,
+                };
+                let result = fetch_page(&conn, device, after, limit);
+                if let Ok(mut idle) = inner.readers.lock()
+                    && idle.len() < MAX_IDLE_READERS
+                {
+                    idle.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|_| StoreError::Corrupt("a mailbox fetch was cancelled"))??;
+            MailboxPage::from_rows(rows, limit, dropped)
         })
     }
 
@@ -889,4 +895,48 @@ fn deliver_wakeups(wakeups: &broadcast::Sender<Wakeup>, delivered: Vec<(DeviceId
     if let Some(wakeup) = Wakeup::mailboxes(delivered) {
         let _ = wakeups.send(wakeup);
     }
+}
+
+/// A mailbox page's rows (see [`MailboxPage::from_rows`]) and the device's `dropped`.
+/// Payloads only while the page stays within FETCH_BYTE_BUDGET (the first one always):
+/// lengths come from the rows, payloads are read for the page only. One read transaction.
+#[allow(clippy::type_complexity)]
+fn fetch_page(
+    conn: &rusqlite::Connection,
+    device: DeviceId,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<(i64, Option<Vec<u8>>, i64)>, i64), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let rows = {
+        let mut statement = tx.prepare_cached(
+            "WITH page AS ( \
+               SELECT seq, SUM(len) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - len \
+                 AS before \
+               FROM (SELECT seq, length(payload) AS len FROM mailbox \
+                     WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)) \
+             SELECT m.seq, CASE WHEN page.before < ?4 THEN m.payload END, m.received_at \
+             FROM page JOIN mailbox m ON m.device_id = ?1 AND m.seq = page.seq \
+             ORDER BY m.seq",
+        )?;
+        statement
+            .query_map(
+                rusqlite::params![
+                    device.as_bytes().as_slice(),
+                    int(after),
+                    i64::from(limit) + 1,
+                    int(super::FETCH_BYTE_BUDGET as u64),
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let dropped: Option<i64> = {
+        use rusqlite::OptionalExtension as _;
+        tx.prepare_cached("SELECT dropped FROM devices WHERE device_id = ?1")?
+            .query_row([device.as_bytes().as_slice()], |row| row.get(0))
+            .optional()?
+    };
+    tx.finish()?;
+    Ok((rows, dropped.unwrap_or(0)))
 }
