@@ -28,7 +28,8 @@
 //! 4. **fsync latency**: write 4 KiB into a preallocated 4 MiB file in the data directory
 //!    (cycling through it, like a reused WAL) and call `File::sync_all` (or `sync_data`) after
 //!    each write; p50 and p99 latency and syncs per second. Every durable commit pays one.
-//! 5. **SQLite durable inserts** with the relay's settings (sqlx, WAL, `synchronous=FULL`,
+//! 5. **SQLite durable inserts** with the relay's settings (rusqlite like the relay's writer
+//!    thread, WAL, `synchronous=FULL`,
 //!    `BEGIN IMMEDIATE`): one 1 KiB row per transaction, and 256 rows per transaction (the
 //!    relay's writer thread commits up to 256 operations at once). The batched figure is the
 //!    "relay SQLite durable ceiling": one relay process on SQLite cannot store more
@@ -73,7 +74,6 @@ use openmls_traits::types::Ciphersuite;
 use serde_json::{Map, Value, json};
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -412,24 +412,20 @@ fn fsync(report: &mut Report, dir: &Path) -> Res<()> {
     Ok(())
 }
 
-async fn sqlite(report: &mut Report, dir: &Path) -> Res<()> {
-    println!("SQLite (sqlx, WAL, synchronous=FULL, 1 KiB rows, one connection):");
-    // The relay's settings (src/store/sqlite.rs); one connection, like its writer thread.
-    let options = SqliteConnectOptions::new()
-        .filename(dir.join("probe.sqlite3"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
-    sqlx::query("CREATE TABLE probe (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let body = Arc::new(vec![0x3cu8; ROW_BYTES]);
+fn sqlite(report: &mut Report, dir: &Path) -> Res<()> {
+    println!("SQLite (rusqlite, WAL, synchronous=FULL, 1 KiB rows, one connection):");
+    // The relay's settings and library (src/store/sqlite/writer.rs): its writer thread
+    // commits on one rusqlite connection with cached prepared statements.
+    let conn = rusqlite::Connection::open(dir.join("probe.sqlite3"))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute(
+        "CREATE TABLE probe (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+        [],
+    )?;
+    let body = vec![0x3cu8; ROW_BYTES];
     for (rows, key, label) in [
         (
             1,
@@ -442,26 +438,28 @@ async fn sqlite(report: &mut Report, dir: &Path) -> Res<()> {
             format!("SQLite durable insert, {BATCH_ROWS} rows/tx"),
         ),
     ] {
-        let (pool, body) = (pool.clone(), body.clone());
-        let rate = measure_async(1, 20_000 * rows.min(16), move |_| {
-            let (pool, body) = (pool.clone(), body.clone());
-            async move {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut failure = None;
+        let commits = measure(20_000, 1, |_| {
+            let result = (|| -> Result<(), rusqlite::Error> {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                let mut insert = conn.prepare_cached("INSERT INTO probe (body) VALUES (?1)")?;
                 for _ in 0..rows {
-                    sqlx::query("INSERT INTO probe (body) VALUES (?)")
-                        .bind(&body[..])
-                        .execute(&mut *tx)
-                        .await?;
+                    insert.execute([&body[..]])?;
                 }
-                tx.commit().await?;
-                Ok(rows)
+                drop(insert);
+                conn.execute_batch("COMMIT")
+            })();
+            if let Err(err) = result {
+                failure.get_or_insert(err);
             }
-        })
-        .await?;
+        });
+        if let Some(err) = failure {
+            return Err(err.into());
+        }
+        let rate = commits * rows as f64;
         let row = report.add(key, label, rate);
-        row.note = format!("{} commits/s", thousands(rate / rows as f64));
+        row.note = format!("{} commits/s", thousands(commits));
     }
-    pool.close().await;
     Ok(())
 }
 
@@ -674,10 +672,10 @@ fn main() -> Res<()> {
     let mut report = Report::default();
     crypto(&mut report)?;
     fsync(&mut report, &dir)?;
+    sqlite(&mut report, &dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(sqlite(&mut report, &dir))?;
     runtime.block_on(postgres(&mut report, &args.postgres))?;
     drop(runtime);
     http(&mut report)?;
