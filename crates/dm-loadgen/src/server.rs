@@ -88,6 +88,7 @@ impl Server {
             .args(["--rate-limit-per-second", "0"])
             .args(["--max-connections", "16000"])
             .args(["--max-websockets", "12000"])
+            .args(["--database-connections", "64"])
             .args(["--mailbox-quota", "10000000"])
             .args(["--claims-per-requester-per-hour", "100000"])
             .args(["--one-time-claims-per-target-per-hour", "100000"])

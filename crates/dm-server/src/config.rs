@@ -141,6 +141,15 @@ pub const SETTINGS: &[Setting] = &[
                claims get last-resort packages (database-wide)",
     },
     Setting {
+        key: "database_connections",
+        flag: "database-connections",
+        env: "DM_DATABASE_CONNECTIONS",
+        default: "16",
+        value_name: "N",
+        help: "PostgreSQL connections in the relay's pool (each send is one transaction on \
+               one of them; the server's max_connections must leave room for every relay)",
+    },
+    Setting {
         key: "max_websockets",
         flag: "max-websockets",
         env: "DM_MAX_WEBSOCKETS",
@@ -182,6 +191,8 @@ pub struct Config {
     pub claims_per_requester_per_hour: u32,
     /// One-time key packages handed out per target account per hour.
     pub one_time_claims_per_target_per_hour: u32,
+    /// PostgreSQL connections in the pool.
+    pub database_connections: u32,
     /// Most WebSocket connections at once.
     pub max_websockets: usize,
     /// How long in-flight requests may take to finish after the shutdown signal.
@@ -207,6 +218,7 @@ impl std::fmt::Debug for Config {
                 "one_time_claims_per_target_per_hour",
                 &self.one_time_claims_per_target_per_hour,
             )
+            .field("database_connections", &self.database_connections)
             .field("max_websockets", &self.max_websockets)
             .field("shutdown_grace", &self.shutdown_grace)
             .finish()
@@ -433,6 +445,7 @@ impl Config {
             envelope_retention_days: 1,
             claims_per_requester_per_hour: 1,
             one_time_claims_per_target_per_hour: 0,
+            database_connections: 1,
             max_websockets: 0,
             shutdown_grace: Duration::ZERO,
         }
@@ -494,6 +507,7 @@ impl Config {
             "one_time_claims_per_target_per_hour" => {
                 self.one_time_claims_per_target_per_hour = whole(raw, 0, 1_000_000)?;
             }
+            "database_connections" => self.database_connections = whole(raw, 1, 1_000)?,
             "max_websockets" => self.max_websockets = whole(raw, 0, 1_000_000)?,
             "shutdown_grace_secs" => {
                 self.shutdown_grace = Duration::from_secs(whole(raw, 0, 3600)?);
@@ -557,6 +571,7 @@ impl Config {
             envelope_retention_secs: u64::from(self.envelope_retention_days) * SECS_PER_DAY,
             claims_per_requester_per_hour: self.claims_per_requester_per_hour,
             one_time_claims_per_target_per_hour: self.one_time_claims_per_target_per_hour,
+            database_connections: self.database_connections,
         }
     }
 
@@ -607,6 +622,10 @@ impl Config {
         put(
             "one_time_claims_per_target_per_hour",
             int(self.one_time_claims_per_target_per_hour.into()),
+        );
+        put(
+            "database_connections",
+            int(self.database_connections.into()),
         );
         put("max_websockets", int(self.max_websockets as u64));
         put("shutdown_grace_secs", int(self.shutdown_grace.as_secs()));

@@ -404,6 +404,9 @@ pub struct StoreOptions {
     /// get the target devices' last-resort packages, so a conversation can still start but
     /// the one-time stock cannot be drained.
     pub one_time_claims_per_target_per_hour: u32,
+    /// PostgreSQL: connections in the pool (the listener and the notifier have one more
+    /// each). SQLite ignores it.
+    pub database_connections: u32,
 }
 
 impl Default for StoreOptions {
@@ -413,6 +416,7 @@ impl Default for StoreOptions {
             envelope_retention_secs: retention::ENVELOPE_SECS,
             claims_per_requester_per_hour: 120,
             one_time_claims_per_target_per_hour: 30,
+            database_connections: 16,
         }
     }
 }

@@ -58,9 +58,6 @@ pub use notify::{CHANNEL, parse_payload, payloads};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Connections in the pool of each relay process (the listener and the notifier have one
-/// more each).
-const MAX_CONNECTIONS: u32 = 16;
 /// How long an operation waits for a free connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts of a transaction that lost a conflict.
@@ -99,7 +96,7 @@ impl PostgresStore {
         let base = PgConnectOptions::from_str(url)?.application_name("dm-server");
         let connect = base.clone().options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(options.database_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect.clone())
             .await?;
