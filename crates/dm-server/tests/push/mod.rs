@@ -77,6 +77,22 @@ async fn ack(socket: &mut Socket, up_to: u64) {
     }
 }
 
+/// The code of the close frame the relay sends next (frames before it are skipped), or
+/// `None` if the connection ends without one.
+async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed in time")
+}
+
 /// Nothing arrives within a short while.
 async fn quiet(socket: &mut Socket) {
     match tokio::time::timeout(Duration::from_millis(300), socket.next()).await {
@@ -328,18 +344,7 @@ async fn per_device_sockets_floods_and_acks_beyond_the_pushed_are_bounded() {
             break;
         }
     }
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(closed, Some(CloseCode::Policy));
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Policy));
 }
 
 #[tokio::test]
@@ -378,16 +383,5 @@ async fn a_busy_client_may_ack_every_envelope_but_not_repeat_acks() {
             .await
             .expect("send");
     }
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code),
-                None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(closed, Some(CloseCode::Policy));
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Policy));
 }
