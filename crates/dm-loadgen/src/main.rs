@@ -106,8 +106,15 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if args.senders == 0 || args.recipients == 0 || args.concurrency == 0 {
-        bail!("--senders, --recipients and --concurrency must be at least 1");
+    if args.senders == 0
+        || args.recipients == 0
+        || args.concurrency == 0
+        || args.max_sends == 0
+        || args.max_in_flight == 0
+    {
+        bail!(
+            "--senders, --recipients, --concurrency, --max-sends and --max-in-flight must be at least 1"
+        );
     }
     if !(args.phase_secs > 0.0 && args.phase_secs <= 600.0) {
         bail!("--phase-secs must be between 0 and 600");
