@@ -119,16 +119,6 @@ impl Push {
         sockets.get(device).map_or(0, Vec::len)
     }
 
-    /// Wakes every socket of `device`.
-    pub fn wake(&self, device: &DeviceId) {
-        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = sockets.get(device) {
-            for (_, notify) in list {
-                notify.notify_one();
-            }
-        }
-    }
-
     /// Wakes every socket of each device of a [`Wakeup::Mailboxes`] batch, taking the
     /// socket table's lock once for the batch.
     fn wake_devices(&self, devices: &[(DeviceId, u64)]) {

@@ -295,6 +295,10 @@ pub struct StoredEnvelope {
     pub received_at: u64,
 }
 
+/// A row of a mailbox fetch query: `(seq, payload, received_at)`, the payload `None` where
+/// the page's byte budget ran out.
+pub(crate) type MailboxRow = (i64, Option<Vec<u8>>, i64);
+
 /// A page of a device's mailbox.
 #[derive(Clone, Debug, Default)]
 pub struct MailboxPage {
@@ -312,7 +316,7 @@ impl MailboxPage {
     /// at most `limit + 1` of them, the payload `None` where the byte budget ran out. More
     /// wait if there was a row beyond `limit` or one beyond the budget.
     pub(crate) fn from_rows(
-        rows: Vec<(i64, Option<Vec<u8>>, i64)>,
+        rows: Vec<MailboxRow>,
         limit: u32,
         dropped: i64,
     ) -> Result<Self, StoreError> {

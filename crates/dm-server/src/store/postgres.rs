@@ -47,8 +47,8 @@ use tokio::sync::broadcast;
 use super::convert::{device_id, handle, int, key32, retry_after, uint};
 use super::{
     Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, LinkSlotContent,
-    MailboxPage, NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store,
-    StoreError, StoreFuture, StoreOptions, StoreStats, SweepStats, Wakeup, retention,
+    MailboxPage, MailboxRow, NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome,
+    Store, StoreError, StoreFuture, StoreOptions, StoreStats, SweepStats, Wakeup, retention,
 };
 
 mod notify;
@@ -877,7 +877,7 @@ impl Store for PostgresStore {
         Box::pin(async move {
             // Payloads only while the page stays within FETCH_BYTE_BUDGET (the first one
             // always): lengths come from the rows, payloads are read for the page only.
-            let rows: Vec<(i64, Option<Vec<u8>>, i64)> = sqlx::query_as(
+            let rows: Vec<MailboxRow> = sqlx::query_as(
                 "WITH page AS ( \
                    SELECT seq, SUM(len) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - len \
                      AS before \

@@ -35,8 +35,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::convert::{device_id, handle, int, key32, retry_after, uint};
 use super::{
     Account, Challenge, Claim, Device, DeviceListChange, DeviceListUpdate, LinkSlotContent,
-    MailboxPage, NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome, Store,
-    StoreError, StoreFuture, StoreOptions, StoreStats, SweepStats, Wakeup, retention,
+    MailboxPage, MailboxRow, NewAccount, NewKeyPackage, OutgoingMessage, Registration, SendOutcome,
+    Store, StoreError, StoreFuture, StoreOptions, StoreStats, SweepStats, Wakeup, retention,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -900,13 +900,12 @@ fn deliver_wakeups(wakeups: &broadcast::Sender<Wakeup>, delivered: Vec<(DeviceId
 /// A mailbox page's rows (see [`MailboxPage::from_rows`]) and the device's `dropped`.
 /// Payloads only while the page stays within FETCH_BYTE_BUDGET (the first one always):
 /// lengths come from the rows, payloads are read for the page only. One read transaction.
-#[allow(clippy::type_complexity)]
 fn fetch_page(
     conn: &rusqlite::Connection,
     device: DeviceId,
     after: u64,
     limit: u32,
-) -> Result<(Vec<(i64, Option<Vec<u8>>, i64)>, i64), StoreError> {
+) -> Result<(Vec<MailboxRow>, i64), StoreError> {
     let tx = conn.unchecked_transaction()?;
     let rows = {
         let mut statement = tx.prepare_cached(
